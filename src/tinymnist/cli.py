@@ -1,0 +1,250 @@
+"""The `tinymnist` command: models, summary, train, eval and report, on top of the engine.
+
+Bad input ends with one line on stderr and exit status 2, never a traceback; see `main`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import torch
+
+from . import report
+from .data import DataError, load_mnist
+from .engine import evaluate, fit, pick_device, set_seed
+from .model import REGISTRY, UnknownModelError, count_params, create_model, get_entry
+from .records import CheckpointError, RESULTS_DIR, git_commit, load_checkpoint, record_path, save_checkpoint, write_json
+from .summary import format_summary, summary_dict
+
+
+class UsageError(Exception):
+    pass
+
+
+class Parser(argparse.ArgumentParser):
+    def error(self, message: str):  # one line instead of usage + message
+        raise UsageError(f"{self.prog}: {message}")
+
+
+def positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive whole number, got {text!r}") from None
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"expected a positive whole number, got {text!r}")
+    return value
+
+
+def seed_list(text: str) -> list[int]:
+    """"1-5" or "1,3,7" (or a mix) -> [1, 2, 3, 4, 5]; seeds are non-negative whole numbers."""
+    seeds: list[int] = []
+    try:
+        for part in text.split(","):
+            lo, _, hi = part.strip().partition("-")
+            a, b = int(lo), int(hi) if hi else int(lo)
+            if a < 0 or b < a:
+                raise ValueError
+            seeds.extend(range(a, b + 1))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected seeds like 1-5 or 1,3,7, got {text!r}") from None
+    return list(dict.fromkeys(seeds))
+
+
+def non_negative_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 0, got {text!r}")
+    return value
+
+
+# --- commands ----------------------------------------------------------------------------------------
+
+
+def cmd_models(args) -> None:
+    rows = []
+    for name, entry in REGISTRY.items():
+        info = summary_dict(name, create_model(name))
+        rows.append({"name": name, "params": info["params"], "rf": info["rf"], "target": entry.target})
+    if args.json:
+        print(json.dumps(rows, indent=1))
+        return
+    width = max(len(r["name"]) for r in rows)
+    for r in rows:
+        print(f"{r['name']:<{width}}  {r['params']:>7,} params  RF {r['rf']:>2}  {r['target']}")
+
+
+def cmd_summary(args) -> None:
+    get_entry(args.model)
+    info = summary_dict(args.model, create_model(args.model))
+    print(json.dumps(info, indent=1) if args.json else format_summary(info))
+
+
+def _progress_hooks(epochs: int, seed: int):
+    """A tqdm bar per epoch (on stderr) and one plain line per epoch (on stdout)."""
+    from tqdm import tqdm
+
+    state = {"bar": None, "epoch": 0}
+
+    def on_batch(step, steps, loss, acc):
+        if state["bar"] is None:
+            state["epoch"] += 1
+            state["bar"] = tqdm(total=steps, desc=f"seed {seed} epoch {state['epoch']}/{epochs}", leave=False,
+                                file=sys.stderr, dynamic_ncols=True, disable=None)
+        bar = state["bar"]
+        bar.update(step - bar.n)
+        bar.set_postfix_str(f"loss {loss:.4f} acc {acc:.2f}%")
+
+    def on_epoch(row):
+        if state["bar"] is not None:
+            state["bar"].close()
+            state["bar"] = None
+        else:
+            state["epoch"] += 1
+        print(
+            f"epoch {row['epoch']:>2}/{epochs}  train loss {row['train_loss']:.4f} acc {row['train_acc']:.2f}%  "
+            f"test loss {row['test_loss']:.4f} acc {row['test_acc']:.2f}%  lr {row['lr']:.6f}  {row['seconds']:.1f}s",
+            flush=True,
+        )
+
+    return on_batch, on_epoch
+
+
+def cmd_train(args) -> None:
+    entry = get_entry(args.model)
+    recipe = entry.recipe if args.epochs is None else entry.recipe.with_overrides(epochs=args.epochs)
+    device = pick_device(args.device)
+    out = Path(args.out) if args.out else (Path("results-smoke") if args.limit else RESULTS_DIR)
+    seeds = args.seeds or [args.seed]
+    data = load_mnist(args.data_dir).limit(args.limit).to(device)
+    _check_writable(out)
+    summaries = []
+    for seed in seeds:
+        set_seed(seed)
+        model = create_model(args.model).to(device)
+        params = count_params(model)
+        print(f"{args.model}: {params:,} params, seed {seed}, device {device}, {len(data.train_labels):,} train / "
+              f"{len(data.test_labels):,} test images, {recipe.epochs} epochs", flush=True)
+        on_batch, on_epoch = _progress_hooks(recipe.epochs, seed)
+        history = fit(model, data, recipe, on_batch=on_batch if not args.quiet else None, on_epoch=on_epoch)
+        rec = {
+            "model": args.model,
+            "params": params,
+            "seed": seed,
+            "recipe": recipe.to_dict(),
+            "epochs": history,
+            "limit": args.limit,
+            "torch": torch.__version__,
+            "device": str(device),
+            "git_commit": git_commit(),
+        }
+        path = record_path(out, args.model, seed)
+        save_checkpoint(path.with_suffix(".pt"), args.model, model, recipe, seed=seed)
+        write_json(path, rec)
+        verdict = report.verdict(history)
+        summaries.append(verdict)
+        print(f"record {path}, checkpoint {path.with_suffix('.pt')}")
+        print(verdict["text"], flush=True)
+
+
+def _check_writable(out: Path) -> None:
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        probe = out / ".tinymnist-write-test"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as e:
+        raise DataError(f"output folder {out} is not writable ({e.strerror})") from None
+
+
+def cmd_eval(args) -> None:
+    device = pick_device(args.device)
+    name, model, ckpt = load_checkpoint(args.checkpoint, device)
+    data = load_mnist(args.data_dir).limit(args.limit).to(device)
+    stats = evaluate(model, data.test_images, data.test_labels)
+    result = {
+        "model": name,
+        "checkpoint": str(args.checkpoint),
+        "accuracy": round(stats.acc, 4),
+        "correct": stats.correct,
+        "total": stats.total,
+        "loss": round(stats.loss, 6),
+    }
+    if args.json:
+        print(json.dumps(result, indent=1))
+    else:
+        print(f"{name} ({args.checkpoint}): test accuracy {stats.acc:.2f}% ({stats.correct}/{stats.total}), "
+              f"loss {stats.loss:.4f}")
+
+
+def cmd_report(args) -> None:
+    changed = report.update_readme(Path(args.readme), Path(args.results))
+    print(f"{args.readme}: {'updated' if changed else 'already up to date'}")
+    if args.check and changed:
+        raise UsageError(f"{args.readme} was out of date with the records in {args.results}")
+
+
+# --- parser ------------------------------------------------------------------------------------------
+
+
+def build_parser() -> Parser:
+    p = Parser(prog="tinymnist", description="Design and train very small CNNs on MNIST under hard budgets.")
+    sub = p.add_subparsers(dest="command", required=True, parser_class=Parser)
+
+    s = sub.add_parser("models", help="list the models with parameters, receptive field and target")
+    s.add_argument("--json", action="store_true")
+    s.set_defaults(func=cmd_models)
+
+    s = sub.add_parser("summary", help="per-layer table: output shape, parameters, receptive field, jump")
+    s.add_argument("model")
+    s.add_argument("--json", action="store_true")
+    s.set_defaults(func=cmd_summary)
+
+    s = sub.add_parser("train", help="train a model with its recipe; writes a record and a checkpoint per seed")
+    s.add_argument("model")
+    s.add_argument("--epochs", type=positive_int, help="override the recipe's number of epochs")
+    seeds = s.add_mutually_exclusive_group()
+    seeds.add_argument("--seed", type=non_negative_int, default=1, help="random seed (default 1)")
+    seeds.add_argument("--seeds", type=seed_list, help="several seeds, e.g. 1-5 or 1,3,7: one run and record each")
+    _data_args(s)
+    s.add_argument("--out", help="folder for records and checkpoints (default results/, results-smoke/ with --limit)")
+    s.add_argument("--quiet", action="store_true", help="no per-batch progress bar")
+    s.set_defaults(func=cmd_train)
+
+    s = sub.add_parser("eval", help="test accuracy of a saved checkpoint")
+    s.add_argument("checkpoint")
+    _data_args(s)
+    s.add_argument("--json", action="store_true")
+    s.set_defaults(func=cmd_eval)
+
+    s = sub.add_parser("report", help="regenerate the README's result sections from the run records")
+    s.add_argument("--results", default=str(RESULTS_DIR), help="folder of run records (default results/)")
+    s.add_argument("--readme", default="README.md")
+    s.add_argument("--check", action="store_true", help="fail (exit 2) if the README was out of date")
+    s.set_defaults(func=cmd_report)
+    return p
+
+
+def _data_args(s: argparse.ArgumentParser) -> None:
+    s.add_argument("--data-dir", help="folder with the MNIST IDX files (default $TINYMNIST_DATA, then ./data/mnist)")
+    s.add_argument("--device", default="auto", help="auto (CUDA, then MPS, then CPU), cpu, cuda or mps")
+    s.add_argument("--limit", type=positive_int, help="use only the first N training and N test images")
+
+
+def main(argv: list[str] | None = None) -> int:
+    try:
+        args = build_parser().parse_args(argv)
+        args.func(args)
+    except (UsageError, DataError, CheckpointError, UnknownModelError, report.ReportError, ValueError) as e:
+        print(f"tinymnist: error: {e}" if not str(e).startswith("tinymnist") else f"{e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("tinymnist: interrupted", file=sys.stderr)
+        return 130
+    return 0

@@ -1,0 +1,189 @@
+"""MNIST on disk and in memory: finding, downloading, verifying and parsing the four IDX files.
+
+The data set is small enough (47 MB of pixels) to live in memory as uint8 tensors on the training device;
+batches are index slices of a random permutation, so the training loop does no per-sample Python work.
+"""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import os
+import tempfile
+import urllib.request
+import zlib
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+MEAN, STD = 0.1307, 0.3081  # pixel mean and std of the training set, scaled to [0, 1]
+
+# SHA-256 of the *decompressed* files: the published canonical values (mirrors re-wrap the gzip, so the
+# compressed bytes differ between copies while the content does not).
+FILES = {
+    "train_images": ("train-images-idx3-ubyte", "ba891046e6505d7aadcbbe25680a0738ad16aec93bde7f9b65e87a2fc25776db"),
+    "train_labels": ("train-labels-idx1-ubyte", "65a50cbbf4e906d70832878ad85ccda5333a97f0f4c3dd2ef09a8a9eef7101c5"),
+    "test_images": ("t10k-images-idx3-ubyte", "0fa7898d509279e482958e8ce81c8e77db3f2f8254e26661ceb7762c4d494ce7"),
+    "test_labels": ("t10k-labels-idx1-ubyte", "ff7bcfd416de33731a308c3f266cc351222c34898ecbeaf847f06e48f7ec33f2"),
+}
+CHECKSUMS = {name: sha for name, sha in FILES.values()}
+
+# Tried in order; yann.lecun.com has refused downloads for years, so it comes last.
+MIRRORS = (
+    "https://ossci-datasets.s3.amazonaws.com/mnist/",
+    "https://storage.googleapis.com/cvdf-datasets/mnist/",
+    "http://yann.lecun.com/exdb/mnist/",
+)
+DEFAULT_DIR = Path("data/mnist")
+ENV_VAR = "TINYMNIST_DATA"
+
+
+class DataError(Exception):
+    """Missing, corrupt or unobtainable data; the message is meant for the user as it is."""
+
+
+@dataclass
+class MNIST:
+    train_images: torch.Tensor  # (N, 28, 28) uint8
+    train_labels: torch.Tensor  # (N,) int64
+    test_images: torch.Tensor  # (M, 28, 28) uint8
+    test_labels: torch.Tensor  # (M,) int64
+    source: str  # the folder the files were read from
+
+    def to(self, device: torch.device | str) -> MNIST:
+        t = lambda x: x.to(device)  # noqa: E731
+        return MNIST(t(self.train_images), t(self.train_labels), t(self.test_images), t(self.test_labels), self.source)
+
+    def limit(self, n: int | None) -> MNIST:
+        """Only the first `n` training and `n` test images (for smoke tests)."""
+        if n is None:
+            return self
+        return MNIST(
+            self.train_images[:n], self.train_labels[:n], self.test_images[:n], self.test_labels[:n], self.source
+        )
+
+
+def parse_idx(raw: bytes, label: str, sha256: str | None = None) -> torch.Tensor:
+    """Parses the bytes of an IDX file (gzip-compressed or not) into a uint8 tensor, verifying everything."""
+    if raw[:2] == b"\x1f\x8b":
+        try:
+            raw = gzip.decompress(raw)
+        except (EOFError, OSError, zlib.error) as e:
+            raise DataError(f"{label}: truncated or corrupt gzip data ({e})") from None
+    if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] != 0x08 or not 1 <= raw[3] <= 4:
+        raise DataError(f"{label}: not an unsigned-byte IDX file (wrong magic number {raw[:4].hex() or 'none'})")
+    ndim = raw[3]
+    header = 4 + 4 * ndim
+    if len(raw) < header:
+        raise DataError(f"{label}: truncated header ({len(raw)} bytes)")
+    dims = [int.from_bytes(raw[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim)]
+    size = 1
+    for d in dims:
+        size *= d
+    if len(raw) - header != size:
+        what = "truncated" if len(raw) - header < size else "longer than its header says"
+        raise DataError(f"{label}: {what}: {len(raw) - header} data bytes for shape {tuple(dims)} ({size} expected)")
+    if sha256 is not None:
+        digest = hashlib.sha256(raw).hexdigest()
+        if digest != sha256:
+            raise DataError(f"{label}: checksum mismatch (SHA-256 {digest[:16]}..., expected {sha256[:16]}...)")
+    return torch.frombuffer(bytearray(raw[header:]), dtype=torch.uint8).reshape(dims)
+
+
+def resolve_dir(data_dir: str | os.PathLike | None) -> Path:
+    """The data folder: `--data-dir`, else $TINYMNIST_DATA, else ./data/mnist."""
+    if data_dir:
+        return Path(data_dir)
+    if os.environ.get(ENV_VAR):
+        return Path(os.environ[ENV_VAR])
+    return DEFAULT_DIR
+
+
+def find_file(folder: Path, name: str) -> Path | None:
+    """`name` or `name.gz` in `folder` or in torchvision's `folder/MNIST/raw`."""
+    for base in (folder, folder / "MNIST" / "raw"):
+        for candidate in (base / name, base / f"{name}.gz"):
+            if candidate.is_file():
+                return candidate
+    return None
+
+
+def download(folder: Path, name: str, sha256: str | None, mirrors=MIRRORS, timeout: float = 30.0) -> Path:
+    """Fetches `name.gz` from the first mirror that serves verified content; writes it atomically."""
+    errors = []
+    for mirror in mirrors:
+        url = f"{mirror}{name}.gz"
+        try:
+            with urllib.request.urlopen(url, timeout=timeout) as response:
+                raw = response.read()
+            parse_idx(raw, url, sha256)  # never keep bytes that do not verify
+        except (OSError, ValueError, DataError) as e:
+            errors.append(f"{url}: {getattr(e, 'reason', e)}")
+            continue
+        target = folder / f"{name}.gz"
+        fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{name}.", suffix=".part")
+        try:
+            with os.fdopen(fd, "wb") as f:
+                f.write(raw)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, target)  # a reader sees either no file or the whole verified file
+        finally:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+        return target
+    raise DataError(
+        f"MNIST file {name} is not in {folder} and could not be downloaded ({'; '.join(errors) or 'no mirrors'}); "
+        f"put the four MNIST IDX files (.gz or not) in {folder}, or point --data-dir or ${ENV_VAR} at a folder "
+        "that has them"
+    )
+
+
+def load_mnist(
+    data_dir: str | os.PathLike | None = None,
+    *,
+    allow_download: bool = True,
+    mirrors=MIRRORS,
+    checksums: dict[str, str | None] | None = CHECKSUMS,
+) -> MNIST:
+    """Loads MNIST from the resolved data folder, downloading missing files into it when allowed.
+
+    A folder named explicitly (option or environment) must exist; the default ./data/mnist is created.
+    `checksums=None` skips verification (for the tests' small synthetic files).
+    """
+    folder = resolve_dir(data_dir)
+    explicit = folder != DEFAULT_DIR
+    if explicit and not folder.is_dir():
+        raise DataError(f"data folder {folder} does not exist (create it to download MNIST there)")
+    tensors = {}
+    for key, (name, _) in FILES.items():
+        sha = (checksums or {}).get(name)
+        path = find_file(folder, name)
+        if path is None:
+            if not allow_download:
+                raise DataError(f"MNIST file {name}[.gz] not found in {folder} or {folder / 'MNIST' / 'raw'}")
+            try:
+                folder.mkdir(parents=True, exist_ok=True)
+            except OSError as e:
+                raise DataError(f"cannot create data folder {folder}: {e.strerror}") from None
+            path = download(folder, name, sha, mirrors)
+        try:
+            raw = path.read_bytes()
+        except OSError as e:
+            raise DataError(f"cannot read {path}: {e.strerror}") from None
+        tensors[key] = parse_idx(raw, str(path), sha)
+    for split in ("train", "test"):
+        images, labels = tensors[f"{split}_images"], tensors[f"{split}_labels"]
+        if images.dim() != 3 or labels.dim() != 1 or len(images) != len(labels):
+            raise DataError(
+                f"{split} images {tuple(images.shape)} and labels {tuple(labels.shape)} do not match "
+                f"(expected (N, 28, 28) images and N labels)"
+            )
+    return MNIST(
+        tensors["train_images"],
+        tensors["train_labels"].long(),
+        tensors["test_images"],
+        tensors["test_labels"].long(),
+        str(folder),
+    )

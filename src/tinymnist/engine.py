@@ -1,0 +1,153 @@
+"""The training engine as plain functions: `train_one_epoch`, `evaluate`, `fit`.
+
+They take tensors already on the device and return numbers; printing and writing files is the caller's
+business (the CLI layers a progress bar and records on top through the `on_batch` / `on_epoch` hooks).
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .augment import augment_batch
+from .data import MEAN, STD, MNIST
+from .recipe import Recipe, lr_at
+
+
+def set_seed(seed: int) -> None:
+    """The one place where runs are seeded (Python, and torch on every device)."""
+    random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def pick_device(name: str = "auto") -> torch.device:
+    """"auto" picks CUDA, then MPS, then CPU; an explicit device that is not there is an error."""
+    cuda = torch.cuda.is_available()
+    mps = getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available()
+    if name == "auto":
+        return torch.device("cuda" if cuda else "mps" if mps else "cpu")
+    if name == "cuda" and not cuda or name == "mps" and not mps:
+        raise ValueError(f"device {name!r} is not available on this machine")
+    if name not in ("cpu", "cuda", "mps"):
+        raise ValueError(f"unknown device {name!r}; valid: auto, cpu, cuda, mps")
+    return torch.device(name)
+
+
+def prepare(images: torch.Tensor, augment=None) -> torch.Tensor:
+    """uint8 (B, 28, 28) -> normalised float (B, 1, 28, 28), augmented on the way when asked."""
+    x = images.unsqueeze(1).float().div_(255)
+    if augment is not None:
+        x = augment_batch(x, augment)
+    return (x - MEAN) / STD
+
+
+def make_optimizer(model: nn.Module, recipe: Recipe) -> torch.optim.Optimizer:
+    if recipe.optimizer == "sgd":
+        return torch.optim.SGD(
+            model.parameters(), lr=recipe.lr, momentum=recipe.momentum, weight_decay=recipe.weight_decay
+        )
+    if recipe.optimizer == "adam":
+        return torch.optim.Adam(model.parameters(), lr=recipe.lr, weight_decay=recipe.weight_decay)
+    raise ValueError(f"unknown optimizer {recipe.optimizer!r}; valid: sgd, adam")
+
+
+@dataclass
+class EpochStats:
+    loss: float  # mean cross-entropy per image
+    acc: float  # percent
+    correct: int
+    total: int
+
+
+# on_batch(step, steps, loss, running accuracy %): called every `report_every` steps and at the last one
+BatchHook = Callable[[int, int, float, float], None]
+
+
+def train_one_epoch(
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    recipe: Recipe,
+    on_batch: BatchHook | None = None,
+    report_every: int = 25,
+) -> EpochStats:
+    """One pass over the training tensors in a fresh random order, in batches of `recipe.batch_size`."""
+    model.train()
+    n, bs = len(images), recipe.batch_size
+    order = torch.randperm(n, device=images.device)
+    loss_sum = torch.zeros((), device=images.device)  # accumulated on the device: no sync per step
+    correct = torch.zeros((), device=images.device, dtype=torch.long)
+    steps = (n + bs - 1) // bs
+    for step in range(steps):
+        idx = order[step * bs : (step + 1) * bs]
+        x, y = prepare(images[idx], recipe.augment), labels[idx]
+        out = model(x)
+        loss = F.nll_loss(out, y)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        loss_sum += loss.detach() * len(idx)
+        correct += (out.argmax(1) == y).sum()
+        if on_batch is not None and (step == 0 or (step + 1) % report_every == 0 or step + 1 == steps):
+            seen = min((step + 1) * bs, n)
+            on_batch(step + 1, steps, loss.item(), 100.0 * correct.item() / seen)  # the only sync point
+    c = int(correct.item())
+    return EpochStats(loss_sum.item() / n, 100.0 * c / n, c, n)
+
+
+@torch.no_grad()
+def predict(model: nn.Module, images: torch.Tensor, batch_size: int = 1000) -> torch.Tensor:
+    """Log-probabilities (N, 10) for uint8 images (N, 28, 28), in eval mode."""
+    model.eval()
+    return torch.cat([model(prepare(images[i : i + batch_size])) for i in range(0, len(images), batch_size)])
+
+
+def evaluate(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, batch_size: int = 1000) -> EpochStats:
+    logp = predict(model, images, batch_size)
+    loss = F.nll_loss(logp, labels, reduction="sum").item() / len(labels)
+    c = int((logp.argmax(1) == labels).sum().item())
+    return EpochStats(loss, 100.0 * c / len(labels), c, len(labels))
+
+
+# on_epoch(epoch record): called after each epoch with the dict that goes into the run record
+EpochHook = Callable[[dict], None]
+
+
+def fit(
+    model: nn.Module,
+    data: MNIST,
+    recipe: Recipe,
+    on_batch: BatchHook | None = None,
+    on_epoch: EpochHook | None = None,
+) -> list[dict]:
+    """Trains `model` for `recipe.epochs` epochs, evaluating on the test set after each; returns the history."""
+    optimizer = make_optimizer(model, recipe)
+    history = []
+    for epoch in range(recipe.epochs):
+        lr = lr_at(recipe, epoch)
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+        start = time.perf_counter()
+        train = train_one_epoch(model, optimizer, data.train_images, data.train_labels, recipe, on_batch)
+        test = evaluate(model, data.test_images, data.test_labels, recipe.eval_batch_size)
+        row = {
+            "epoch": epoch + 1,
+            "train_loss": round(train.loss, 6),
+            "train_acc": round(train.acc, 4),
+            "test_loss": round(test.loss, 6),
+            "test_acc": round(test.acc, 4),
+            "test_correct": test.correct,
+            "lr": lr,
+            "seconds": round(time.perf_counter() - start, 3),
+        }
+        history.append(row)
+        if on_epoch is not None:
+            on_epoch(row)
+    return history

@@ -1,0 +1,99 @@
+"""Run records and checkpoints on disk: atomic JSON records, weights-only checkpoints, and reading them back.
+
+A record is `results/<MODEL>/seed<SEED>.json`; its checkpoint is the `.pt` file beside it. Both are
+written to a temporary file first and renamed into place, so an interrupted write never leaves half a file.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import pickle
+import subprocess
+import tempfile
+import zipfile
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from .model import create_model, get_entry, UnknownModelError
+from .recipe import Recipe
+
+RESULTS_DIR = Path("results")
+
+
+class CheckpointError(Exception):
+    pass
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def write_json(path: Path, obj) -> None:
+    atomic_write_bytes(path, (json.dumps(obj, indent=1) + "\n").encode())
+
+
+def record_path(out: Path, model: str, seed: int) -> Path:
+    return Path(out) / model / f"seed{seed}.json"
+
+
+def git_commit() -> str | None:
+    """The commit of the source tree this package runs from, if it is a git checkout."""
+    try:
+        here = Path(__file__).resolve().parent
+        out = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=here, capture_output=True, text=True, timeout=5, check=True
+        )
+        return out.stdout.strip() or None
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+def save_checkpoint(path: Path, model_name: str, model: nn.Module, recipe: Recipe, **meta) -> None:
+    """Final weights with the model name and recipe: only tensors and plain data, loadable weights-only."""
+    buf = io.BytesIO()
+    state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
+    torch.save({"model": model_name, "recipe": recipe.to_dict(), "state_dict": state, **meta}, buf)
+    atomic_write_bytes(path, buf.getvalue())
+
+
+def load_checkpoint(path: str | os.PathLike, device: str | torch.device = "cpu") -> tuple[str, nn.Module, dict]:
+    """Loads a checkpoint safely (weights only: no pickled code runs) and rebuilds its model."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint {path} does not exist")
+    try:
+        ckpt = torch.load(path, map_location=device, weights_only=True)
+    except pickle.UnpicklingError as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else "unpickling failed"
+        raise CheckpointError(f"{path}: refused, not a plain weights checkpoint ({first})") from None
+    except (RuntimeError, EOFError, OSError, zipfile.BadZipFile, ValueError) as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise CheckpointError(f"{path}: not a readable checkpoint ({first})") from None
+    if not isinstance(ckpt, dict) or not {"model", "state_dict"} <= set(ckpt):
+        raise CheckpointError(f"{path}: not a tinymnist checkpoint (no model name and state_dict)")
+    name = ckpt["model"]
+    try:
+        get_entry(name)
+    except UnknownModelError as e:
+        raise CheckpointError(f"{path}: {e}") from None
+    recipe = ckpt.get("recipe") or {}
+    model = create_model(name, dropout=recipe.get("dropout"))
+    try:
+        model.load_state_dict(ckpt["state_dict"])
+    except RuntimeError as e:
+        raise CheckpointError(f"{path}: weights do not fit {name} ({str(e).splitlines()[0]})") from None
+    return name, model.to(device), ckpt
