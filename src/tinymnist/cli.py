@@ -14,9 +14,22 @@ import torch
 
 from . import report
 from .data import DataError, load_mnist
-from .engine import evaluate, fit, pick_device, set_seed
+from .export import ExportError
+from .predict import ImageError
+from .engine import Diverged, evaluate, fit, pick_device, set_seed
 from .model import REGISTRY, UnknownModelError, count_params, create_model, get_entry
-from .records import CheckpointError, RESULTS_DIR, git_commit, load_checkpoint, record_path, save_checkpoint, write_json
+from .records import (
+    RESULTS_DIR,
+    CheckpointError,
+    git_commit,
+    load_checkpoint,
+    load_state,
+    record_path,
+    resolve_checkpoint,
+    save_checkpoint,
+    save_state,
+    write_json,
+)
 from .summary import format_summary, summary_dict
 
 
@@ -52,6 +65,16 @@ def seed_list(text: str) -> list[int]:
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected seeds like 1-5 or 1,3,7, got {text!r}") from None
     return list(dict.fromkeys(seeds))
+
+
+def positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not value > 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}")
+    return value
 
 
 def non_negative_int(text: str) -> int:
@@ -118,21 +141,42 @@ def _progress_hooks(epochs: int, seed: int):
 
 def cmd_train(args) -> None:
     entry = get_entry(args.model)
-    recipe = entry.recipe if args.epochs is None else entry.recipe.with_overrides(epochs=args.epochs)
+    overrides = {k: v for k, v in (("epochs", args.epochs), ("lr", args.lr), ("batch_size", args.batch_size)) if v}
+    recipe = entry.recipe.with_overrides(**overrides)
     device = pick_device(args.device)
     out = Path(args.out) if args.out else (Path("results-smoke") if args.limit else RESULTS_DIR)
-    seeds = args.seeds or [args.seed]
-    data = load_mnist(args.data_dir).limit(args.limit).to(device)
+    data = load_mnist(args.data_dir).limit(args.limit).hold_out(args.val).to(device)
     _check_writable(out)
-    summaries = []
-    for seed in seeds:
+    verdicts = []
+    for seed in args.seeds or [args.seed]:
+        path = record_path(out, args.model, seed)
+        state_path = path.with_suffix(".state.pt")
+        resume = None
+        if args.resume:
+            if state_path.exists():
+                resume = load_state(state_path, args.model, recipe)
+                print(f"resuming {args.model} seed {seed} after epoch {len(resume['history'])} from {state_path}")
+            elif path.exists():
+                print(f"{args.model} seed {seed}: already complete ({path}), skipped")
+                verdicts.append(report.verdict(json.loads(path.read_text())["epochs"]))
+                continue
         set_seed(seed)
         model = create_model(args.model).to(device)
         params = count_params(model)
         print(f"{args.model}: {params:,} params, seed {seed}, device {device}, {len(data.train_labels):,} train / "
               f"{len(data.test_labels):,} test images, {recipe.epochs} epochs", flush=True)
-        on_batch, on_epoch = _progress_hooks(recipe.epochs, seed)
-        history = fit(model, data, recipe, on_batch=on_batch if not args.quiet else None, on_epoch=on_epoch)
+        on_batch, print_epoch = _progress_hooks(recipe.epochs, seed)
+
+        def on_epoch(row, state):
+            print_epoch(row)
+            save_state(state_path, args.model, recipe, state)  # the last completed epoch survives a kill
+
+        try:
+            history = fit(model, data, recipe, on_batch=None if args.quiet else on_batch, on_epoch=on_epoch,
+                          resume=resume)
+        except Diverged as e:
+            kept = f"; the state after the last good epoch is kept in {state_path}" if state_path.exists() else ""
+            raise UsageError(f"{args.model} seed {seed}: {e}; stopped{kept}") from None
         rec = {
             "model": args.model,
             "params": params,
@@ -140,17 +184,22 @@ def cmd_train(args) -> None:
             "recipe": recipe.to_dict(),
             "epochs": history,
             "limit": args.limit,
+            "val": args.val,
             "torch": torch.__version__,
             "device": str(device),
             "git_commit": git_commit(),
         }
-        path = record_path(out, args.model, seed)
         save_checkpoint(path.with_suffix(".pt"), args.model, model, recipe, seed=seed)
         write_json(path, rec)
+        state_path.unlink(missing_ok=True)  # the record and checkpoint now hold everything
         verdict = report.verdict(history)
-        summaries.append(verdict)
+        verdicts.append(verdict)
         print(f"record {path}, checkpoint {path.with_suffix('.pt')}")
         print(verdict["text"], flush=True)
+    if len(verdicts) > 1:
+        held = sum(v["held"] for v in verdicts)
+        print(f"{args.model}: held >= {report.TARGET:.2f}% in the last {report.HOLD} epochs on {held} of "
+              f"{len(verdicts)} seeds")
 
 
 def _check_writable(out: Path) -> None:
@@ -165,7 +214,7 @@ def _check_writable(out: Path) -> None:
 
 def cmd_eval(args) -> None:
     device = pick_device(args.device)
-    name, model, ckpt = load_checkpoint(args.checkpoint, device)
+    name, model, ckpt = load_checkpoint(resolve_checkpoint(args.checkpoint), device)
     data = load_mnist(args.data_dir).limit(args.limit).to(device)
     stats = evaluate(model, data.test_images, data.test_labels)
     result = {
@@ -181,6 +230,34 @@ def cmd_eval(args) -> None:
     else:
         print(f"{name} ({args.checkpoint}): test accuracy {stats.acc:.2f}% ({stats.correct}/{stats.total}), "
               f"loss {stats.loss:.4f}")
+
+
+def cmd_predict(args) -> None:
+    from .predict import classify
+
+    device = pick_device(args.device)
+    _, model, _ = load_checkpoint(resolve_checkpoint(args.checkpoint), device)
+    results = classify(model, [Path(p) for p in args.images], device)
+    if args.json:
+        print(json.dumps(results, indent=1))
+    else:
+        for r in results:
+            print(f"{r['file']}: {r['digit']} (probability {r['probability']:.4f})")
+
+
+def cmd_export(args) -> None:
+    from .export import export_onnx, verify_onnx
+
+    name, model, _ = load_checkpoint(resolve_checkpoint(args.checkpoint), "cpu")
+    out = Path(args.onnx)
+    export_onnx(model, out)
+    data = load_mnist(args.data_dir).limit(args.limit)
+    check = verify_onnx(out, model, data.test_images)
+    ok = check["same_labels"] == check["images"] and check["max_abs_diff"] <= 1e-4
+    print(f"{name} -> {out}: onnxruntime agrees with PyTorch on {check['same_labels']}/{check['images']} test labels, "
+          f"max |log-prob difference| {check['max_abs_diff']:.2e} ({'OK' if ok else 'MISMATCH'})")
+    if not ok:
+        raise UsageError(f"the exported model {out} does not match PyTorch within 1e-4")
 
 
 def cmd_report(args) -> None:
@@ -212,16 +289,35 @@ def build_parser() -> Parser:
     seeds = s.add_mutually_exclusive_group()
     seeds.add_argument("--seed", type=non_negative_int, default=1, help="random seed (default 1)")
     seeds.add_argument("--seeds", type=seed_list, help="several seeds, e.g. 1-5 or 1,3,7: one run and record each")
+    s.add_argument("--lr", type=positive_float, help="override the recipe's initial learning rate")
+    s.add_argument("--batch-size", type=positive_int, help="override the recipe's batch size")
+    s.add_argument("--val", type=positive_int, help="hold out the last N training images as a validation set")
+    s.add_argument("--resume", action="store_true",
+                   help="continue interrupted runs from their last completed epoch; skip finished seeds")
     _data_args(s)
     s.add_argument("--out", help="folder for records and checkpoints (default results/, results-smoke/ with --limit)")
     s.add_argument("--quiet", action="store_true", help="no per-batch progress bar")
     s.set_defaults(func=cmd_train)
 
     s = sub.add_parser("eval", help="test accuracy of a saved checkpoint")
-    s.add_argument("checkpoint")
+    s.add_argument("checkpoint", help="a checkpoint file, or a model name for its shipped weights")
     _data_args(s)
     s.add_argument("--json", action="store_true")
     s.set_defaults(func=cmd_eval)
+
+    s = sub.add_parser("predict", help="classify image files of handwritten digits")
+    s.add_argument("checkpoint", help="a checkpoint file, or a model name for its shipped weights")
+    s.add_argument("images", nargs="+", metavar="IMAGE", help="PNG or JPEG files, any size, colour or grey")
+    s.add_argument("--device", default="auto", help="auto (CUDA, then MPS, then CPU), cpu, cuda or mps")
+    s.add_argument("--json", action="store_true")
+    s.set_defaults(func=cmd_predict)
+
+    s = sub.add_parser("export", help="export to ONNX and verify it with onnxruntime on the test set")
+    s.add_argument("checkpoint", help="a checkpoint file, or a model name for its shipped weights")
+    s.add_argument("--onnx", required=True, metavar="OUT.onnx")
+    s.add_argument("--data-dir", help="folder with the MNIST IDX files (default $TINYMNIST_DATA, then ./data/mnist)")
+    s.add_argument("--limit", type=positive_int, help="verify on only the first N test images")
+    s.set_defaults(func=cmd_export)
 
     s = sub.add_parser("report", help="regenerate the README's result sections from the run records")
     s.add_argument("--results", default=str(RESULTS_DIR), help="folder of run records (default results/)")
@@ -241,7 +337,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         args = build_parser().parse_args(argv)
         args.func(args)
-    except (UsageError, DataError, CheckpointError, UnknownModelError, report.ReportError, ValueError) as e:
+    except (UsageError, DataError, CheckpointError, UnknownModelError, report.ReportError, ImageError, ExportError,
+            ValueError) as e:
         print(f"tinymnist: error: {e}" if not str(e).startswith("tinymnist") else f"{e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

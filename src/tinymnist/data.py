@@ -12,7 +12,7 @@ import os
 import tempfile
 import urllib.request
 import zlib
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
@@ -50,18 +50,27 @@ class MNIST:
     test_images: torch.Tensor  # (M, 28, 28) uint8
     test_labels: torch.Tensor  # (M,) int64
     source: str  # the folder the files were read from
+    val_images: torch.Tensor | None = None  # held out from the training set by `hold_out`
+    val_labels: torch.Tensor | None = None
 
     def to(self, device: torch.device | str) -> MNIST:
-        t = lambda x: x.to(device)  # noqa: E731
-        return MNIST(t(self.train_images), t(self.train_labels), t(self.test_images), t(self.test_labels), self.source)
+        return MNIST(**{k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in vars(self).items()})
 
     def limit(self, n: int | None) -> MNIST:
         """Only the first `n` training and `n` test images (for smoke tests)."""
         if n is None:
             return self
-        return MNIST(
-            self.train_images[:n], self.train_labels[:n], self.test_images[:n], self.test_labels[:n], self.source
-        )
+        return replace(self, train_images=self.train_images[:n], train_labels=self.train_labels[:n],
+                       test_images=self.test_images[:n], test_labels=self.test_labels[:n])
+
+    def hold_out(self, n: int | None) -> MNIST:
+        """Moves the last `n` training images to a validation set (to choose models without the test set)."""
+        if not n:
+            return self
+        if n >= len(self.train_labels):
+            raise DataError(f"--val {n} leaves no training images (the training set has {len(self.train_labels)})")
+        return replace(self, train_images=self.train_images[:-n], train_labels=self.train_labels[:-n],
+                       val_images=self.train_images[-n:], val_labels=self.train_labels[-n:])
 
 
 def parse_idx(raw: bytes, label: str, sha256: str | None = None) -> torch.Tensor:

@@ -6,6 +6,7 @@ business (the CLI layers a progress bar and records on top through the `on_batch
 
 from __future__ import annotations
 
+import math
 import random
 import time
 from dataclasses import dataclass
@@ -50,7 +51,8 @@ def prepare(images: torch.Tensor, augment=None) -> torch.Tensor:
 def make_optimizer(model: nn.Module, recipe: Recipe) -> torch.optim.Optimizer:
     if recipe.optimizer == "sgd":
         return torch.optim.SGD(
-            model.parameters(), lr=recipe.lr, momentum=recipe.momentum, weight_decay=recipe.weight_decay
+            model.parameters(), lr=recipe.lr, momentum=recipe.momentum, weight_decay=recipe.weight_decay,
+            nesterov=recipe.nesterov,
         )
     if recipe.optimizer == "adam":
         return torch.optim.Adam(model.parameters(), lr=recipe.lr, weight_decay=recipe.weight_decay)
@@ -77,8 +79,13 @@ def train_one_epoch(
     recipe: Recipe,
     on_batch: BatchHook | None = None,
     report_every: int = 25,
+    lr_at_step: Callable[[float], float] | None = None,
 ) -> EpochStats:
-    """One pass over the training tensors in a fresh random order, in batches of `recipe.batch_size`."""
+    """One pass over the training tensors in a fresh random order, in batches of `recipe.batch_size`.
+
+    `lr_at_step(fraction of the epoch done)` sets the learning rate before each step, for schedules that
+    change within an epoch.
+    """
     model.train()
     n, bs = len(images), recipe.batch_size
     order = torch.randperm(n, device=images.device)
@@ -87,6 +94,9 @@ def train_one_epoch(
     steps = (n + bs - 1) // bs
     for step in range(steps):
         idx = order[step * bs : (step + 1) * bs]
+        if lr_at_step is not None:
+            for group in optimizer.param_groups:
+                group["lr"] = lr_at_step(step / steps)
         x, y = prepare(images[idx], recipe.augment), labels[idx]
         out = model(x)
         loss = F.nll_loss(out, y)
@@ -116,8 +126,34 @@ def evaluate(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, batch
     return EpochStats(loss, 100.0 * c / len(labels), c, len(labels))
 
 
-# on_epoch(epoch record): called after each epoch with the dict that goes into the run record
-EpochHook = Callable[[dict], None]
+class Diverged(Exception):
+    """The training loss became NaN or infinite; the state of the last good epoch is what remains."""
+
+
+def training_state(model: nn.Module, optimizer: torch.optim.Optimizer, history: list[dict]) -> dict:
+    """Everything needed to continue a run exactly where it stopped (only tensors and plain data)."""
+    state = {
+        "model": {k: v.detach().cpu().clone() for k, v in model.state_dict().items()},
+        "optimizer": optimizer.state_dict(),
+        "history": list(history),
+        "rng": torch.get_rng_state(),
+    }
+    if torch.cuda.is_available():
+        state["cuda_rng"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def restore_state(model: nn.Module, optimizer: torch.optim.Optimizer, state: dict) -> list[dict]:
+    model.load_state_dict(state["model"])
+    optimizer.load_state_dict(state["optimizer"])
+    torch.set_rng_state(state["rng"])
+    if "cuda_rng" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda_rng"])
+    return list(state["history"])
+
+
+# on_epoch(epoch row, training state after it): called after each epoch; the state can be saved to resume from
+EpochHook = Callable[[dict, dict], None]
 
 
 def fit(
@@ -126,28 +162,40 @@ def fit(
     recipe: Recipe,
     on_batch: BatchHook | None = None,
     on_epoch: EpochHook | None = None,
+    resume: dict | None = None,
 ) -> list[dict]:
-    """Trains `model` for `recipe.epochs` epochs, evaluating on the test set after each; returns the history."""
+    """Trains `model` for `recipe.epochs` epochs, evaluating after each; returns the per-epoch history.
+
+    With `resume` (a `training_state`), continues from the epoch after the last one it holds, with the
+    same random stream, so the result equals that of an uninterrupted run. Raises `Diverged` when the
+    training loss stops being finite.
+    """
     optimizer = make_optimizer(model, recipe)
-    history = []
-    for epoch in range(recipe.epochs):
+    history = restore_state(model, optimizer, resume) if resume else []
+    for epoch in range(len(history), recipe.epochs):
         lr = lr_at(recipe, epoch)
         for group in optimizer.param_groups:
             group["lr"] = lr
         start = time.perf_counter()
-        train = train_one_epoch(model, optimizer, data.train_images, data.train_labels, recipe, on_batch)
+        per_step = (lambda f, e=epoch: lr_at(recipe, e + f)) if recipe.schedule == "onecycle" else None
+        train = train_one_epoch(
+            model, optimizer, data.train_images, data.train_labels, recipe, on_batch, lr_at_step=per_step
+        )
+        if not math.isfinite(train.loss):
+            raise Diverged(f"the training loss became {train.loss} in epoch {epoch + 1}")
+        row = {"epoch": epoch + 1, "train_loss": round(train.loss, 6), "train_acc": round(train.acc, 4)}
+        if data.val_images is not None:
+            val = evaluate(model, data.val_images, data.val_labels, recipe.eval_batch_size)
+            row.update(val_loss=round(val.loss, 6), val_acc=round(val.acc, 4), val_correct=val.correct)
         test = evaluate(model, data.test_images, data.test_labels, recipe.eval_batch_size)
-        row = {
-            "epoch": epoch + 1,
-            "train_loss": round(train.loss, 6),
-            "train_acc": round(train.acc, 4),
-            "test_loss": round(test.loss, 6),
-            "test_acc": round(test.acc, 4),
-            "test_correct": test.correct,
-            "lr": lr,
-            "seconds": round(time.perf_counter() - start, 3),
-        }
+        row.update(
+            test_loss=round(test.loss, 6),
+            test_acc=round(test.acc, 4),
+            test_correct=test.correct,
+            lr=lr,
+            seconds=round(time.perf_counter() - start, 3),
+        )
         history.append(row)
         if on_epoch is not None:
-            on_epoch(row)
+            on_epoch(row, training_state(model, optimizer, history))
     return history

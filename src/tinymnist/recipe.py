@@ -6,6 +6,7 @@ and checkpoint, so a number can always be traced back to the settings that produ
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass, fields, replace
 from typing import Any
 
@@ -37,9 +38,11 @@ class Recipe:
     lr: float = 0.01  # initial learning rate
     momentum: float = 0.9  # SGD momentum; ignored by Adam
     weight_decay: float = 0.0  # L2 penalty added by the optimizer
-    schedule: str = "constant"  # "constant", "exp" (lr * gamma**epoch, the reference's LambdaLR) or "step"
+    schedule: str = "constant"  # "constant", "exp" (lr * gamma**epoch, the reference's LambdaLR), "step", "onecycle"
     gamma: float = 0.65  # decay factor per epoch for "exp", per `step_size` epochs for "step"
     step_size: int = 6  # epochs between decays for "step"
+    warmup: float = 3.0  # "onecycle": epochs of linear warm-up from lr / 10 to lr, then cosine decay to 0
+    nesterov: bool = False  # Nesterov momentum for SGD
     dropout: float = 0.0  # dropout probability after each convolution but the last (0 = no dropout layers)
     augment: Augment | None = None  # None trains on the images as they are
     eval_batch_size: int = 1000  # evaluation has no gradients: large batches are cheaper
@@ -64,15 +67,24 @@ class Recipe:
 
 
 OPTIMIZERS = ("sgd", "adam")
-SCHEDULES = ("constant", "exp", "step")
+SCHEDULES = ("constant", "exp", "step", "onecycle")
 
 
-def lr_at(recipe: Recipe, epoch: int) -> float:
-    """Learning rate used during `epoch` (0-based). A pure function, so a schedule can be tested alone."""
+def lr_at(recipe: Recipe, epoch: float) -> float:
+    """Learning rate at `epoch` (0-based; fractional part = progress through the epoch). A pure function.
+
+    "exp" and "step" change once an epoch, as the reference's per-epoch scheduler did; "onecycle" changes
+    every step.
+    """
     if recipe.schedule == "constant":
         return recipe.lr
     if recipe.schedule == "exp":
-        return recipe.lr * recipe.gamma**epoch
+        return recipe.lr * recipe.gamma ** math.floor(epoch)
     if recipe.schedule == "step":
-        return recipe.lr * recipe.gamma ** (epoch // recipe.step_size)
+        return recipe.lr * recipe.gamma ** (math.floor(epoch) // recipe.step_size)
+    if recipe.schedule == "onecycle":
+        if epoch < recipe.warmup:
+            return recipe.lr * (0.1 + 0.9 * epoch / recipe.warmup)
+        progress = (epoch - recipe.warmup) / max(recipe.epochs - recipe.warmup, 1e-9)
+        return recipe.lr * 0.5 * (1 + math.cos(math.pi * min(progress, 1.0)))
     raise ValueError(f"unknown schedule {recipe.schedule!r}; valid: {', '.join(SCHEDULES)}")

@@ -12,13 +12,12 @@ import os
 import pickle
 import subprocess
 import tempfile
-import zipfile
 from pathlib import Path
 
 import torch
 from torch import nn
 
-from .model import create_model, get_entry, UnknownModelError
+from .model import REGISTRY, UnknownModelError, create_model, get_entry
 from .recipe import Recipe
 
 RESULTS_DIR = Path("results")
@@ -80,7 +79,7 @@ def load_checkpoint(path: str | os.PathLike, device: str | torch.device = "cpu")
     except pickle.UnpicklingError as e:
         first = str(e).strip().splitlines()[0] if str(e).strip() else "unpickling failed"
         raise CheckpointError(f"{path}: refused, not a plain weights checkpoint ({first})") from None
-    except (RuntimeError, EOFError, OSError, zipfile.BadZipFile, ValueError) as e:
+    except Exception as e:  # torch.load raises many kinds of errors on garbage; all mean "not a checkpoint"
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise CheckpointError(f"{path}: not a readable checkpoint ({first})") from None
     if not isinstance(ckpt, dict) or not {"model", "state_dict"} <= set(ckpt):
@@ -97,3 +96,37 @@ def load_checkpoint(path: str | os.PathLike, device: str | torch.device = "cpu")
     except RuntimeError as e:
         raise CheckpointError(f"{path}: weights do not fit {name} ({str(e).splitlines()[0]})") from None
     return name, model.to(device), ckpt
+
+
+def save_state(path: Path, model_name: str, recipe: Recipe, state: dict) -> None:
+    """The resumable state of a run after an epoch (see `engine.training_state`), written atomically."""
+    buf = io.BytesIO()
+    torch.save({"model_name": model_name, "recipe": recipe.to_dict(), **state}, buf)
+    atomic_write_bytes(path, buf.getvalue())
+
+
+def load_state(path: Path, model_name: str, recipe: Recipe) -> dict:
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # see load_checkpoint
+        raise CheckpointError(f"{path}: not a readable training state ({str(e).strip().splitlines()[0]})") from None
+    if state.get("model_name") != model_name or state.get("recipe") != recipe.to_dict():
+        raise CheckpointError(
+            f"{path} holds a run of {state.get('model_name')} with another recipe; "
+            "resume with the same model and options, or run without --resume to start again"
+        )
+    return state
+
+
+WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
+
+
+def resolve_checkpoint(arg: str) -> Path:
+    """A checkpoint path as given, or for a model name the weights shipped with the package."""
+    if arg in REGISTRY:
+        path = WEIGHTS_DIR / f"{arg}.pt"
+        if not path.is_file():
+            shipped = sorted(p.stem for p in WEIGHTS_DIR.glob("*.pt")) or ["none"]
+            raise CheckpointError(f"no shipped weights for {arg} (shipped: {', '.join(shipped)})")
+        return path
+    return Path(arg)

@@ -1,0 +1,85 @@
+"""Classifying image files of handwritten digits: converting a photo or scan the way MNIST digits were made.
+
+MNIST digits are grey, bright ink on black, size-normalised to fit a 20x20 box with their aspect ratio kept,
+and centred by centre of mass in a 28x28 field. `to_mnist` does the same to any PNG or JPEG, whichever way
+round its ink and paper are.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from .engine import predict as predict_logp
+
+
+class ImageError(Exception):
+    pass
+
+
+def _to_tensor(img: Image.Image) -> torch.Tensor:
+    return torch.frombuffer(bytearray(img.tobytes()), dtype=torch.uint8).view(img.height, img.width).float()
+
+
+def load_grey(path: Path) -> Image.Image:
+    if not path.is_file():
+        raise ImageError(f"{path} does not exist")
+    try:
+        with Image.open(path) as img:
+            img = ImageOps.exif_transpose(img)
+            if img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info):
+                paper = Image.new("RGBA", img.size, "white")  # transparent means paper
+                img = Image.alpha_composite(paper, img.convert("RGBA"))
+            return img.convert("L")
+    except (UnidentifiedImageError, OSError, ValueError) as e:
+        raise ImageError(f"{path} is not a readable image ({e})") from None
+
+
+def to_mnist(img: Image.Image) -> torch.Tensor:
+    """A grey PIL image -> (28, 28) uint8 tensor in MNIST's format."""
+    x = _to_tensor(img)
+    border = torch.cat([x[0], x[-1], x[:, 0], x[:, -1]])
+    if border.median() > 127:  # light paper: make the ink the bright part, as in MNIST
+        x = 255 - x
+    x = (x - torch.cat([x[0], x[-1], x[:, 0], x[:, -1]]).median()).clamp_(min=0)  # paper to zero
+    peak = x.max()
+    if peak < 16:
+        raise ImageError("no digit found (the image is blank)")
+    x = x * (255 / peak)
+    ys, xs = torch.nonzero(x > 0.2 * 255, as_tuple=True)  # the ink's bounding box
+    top, bottom, left, right = ys.min().item(), ys.max().item() + 1, xs.min().item(), xs.max().item() + 1
+    crop = x[top:bottom, left:right]
+    h, w = crop.shape
+    scale = 20 / max(h, w)  # the longer side becomes 20 pixels, the aspect ratio is kept
+    size = (max(1, round(h * scale)), max(1, round(w * scale)))
+    small = F.interpolate(crop[None, None], size=size, mode="bilinear", antialias=True, align_corners=False)
+    small = small[0, 0].clamp_(0, 255)
+    # centre of mass of the ink to (14, 14), where MNIST digits have it on average
+    total = small.sum()
+    cy = (small.sum(1) * torch.arange(small.shape[0])).sum() / total
+    cx = (small.sum(0) * torch.arange(small.shape[1])).sum() / total
+    oy = min(max(round(14 - cy.item()), 0), 28 - small.shape[0])
+    ox = min(max(round(14 - cx.item()), 0), 28 - small.shape[1])
+    field = torch.zeros(28, 28)
+    field[oy : oy + small.shape[0], ox : ox + small.shape[1]] = small
+    return field.round().byte()
+
+
+def classify(model: torch.nn.Module, paths: list[Path], device: torch.device | str = "cpu") -> list[dict]:
+    """Digit and probability for each image file; every file is checked before any is classified."""
+    if not paths:
+        raise ImageError("no image files given")
+    images = torch.stack([to_mnist_checked(p) for p in paths]).to(device)
+    probs = predict_logp(model, images).exp()
+    p, digit = probs.max(1)
+    return [{"file": str(f), "digit": int(d), "probability": round(float(q), 4)} for f, d, q in zip(paths, digit, p)]
+
+
+def to_mnist_checked(path: Path) -> torch.Tensor:
+    try:
+        return to_mnist(load_grey(path))
+    except ImageError as e:
+        raise ImageError(str(e) if str(path) in str(e) else f"{path}: {e}") from None

@@ -1,0 +1,54 @@
+import gzip
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="session")
+def mnist_dir() -> Path:
+    """The real MNIST folder: $TINYMNIST_DATA, else ../shared/data/mnist. Required on CI."""
+    folder = Path(os.environ.get("TINYMNIST_DATA") or ROOT.parent / "shared" / "data" / "mnist")
+    if not folder.is_dir():
+        if os.environ.get("CI"):
+            pytest.fail(f"MNIST not found at {folder}")
+        pytest.skip(f"MNIST not found at {folder}")
+    return folder
+
+
+def idx_bytes(tensor: torch.Tensor) -> bytes:
+    """An unsigned-byte IDX file holding `tensor`."""
+    header = bytes([0, 0, 0x08, tensor.dim()]) + b"".join(d.to_bytes(4, "big") for d in tensor.shape)
+    return header + tensor.to(torch.uint8).contiguous().numpy().tobytes()
+
+
+def write_fake_mnist(folder: Path, n_train=32, n_test=16, compress=True) -> None:
+    """Four small, valid IDX files with random content under MNIST's file names."""
+    g = torch.Generator().manual_seed(0)
+    parts = {
+        "train-images-idx3-ubyte": torch.randint(0, 256, (n_train, 28, 28), generator=g),
+        "train-labels-idx1-ubyte": torch.randint(0, 10, (n_train,), generator=g),
+        "t10k-images-idx3-ubyte": torch.randint(0, 256, (n_test, 28, 28), generator=g),
+        "t10k-labels-idx1-ubyte": torch.randint(0, 10, (n_test,), generator=g),
+    }
+    folder.mkdir(parents=True, exist_ok=True)
+    for name, t in parts.items():
+        raw = idx_bytes(t)
+        if compress:
+            (folder / f"{name}.gz").write_bytes(gzip.compress(raw))
+        else:
+            (folder / name).write_bytes(raw)
+
+
+def run_cli(*args: str, cwd: Path | None = None, env: dict | None = None) -> subprocess.CompletedProcess:
+    """`python -m tinymnist ARGS` in a subprocess, as a user would run it."""
+    full_env = {**os.environ, **(env or {})}
+    return subprocess.run(
+        [sys.executable, "-m", "tinymnist", *args], capture_output=True, text=True, cwd=cwd or ROOT, env=full_env,
+        timeout=600,
+    )

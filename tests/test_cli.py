@@ -1,0 +1,128 @@
+import json
+import pickle
+
+import pytest
+import torch
+
+from conftest import run_cli
+from tinymnist.model import REGISTRY
+
+
+def assert_clean_error(proc, fragment):
+    assert proc.returncode == 2, proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("tinymnist"), proc.stderr
+    assert "Traceback" not in proc.stderr and fragment in lines[0], lines[0]
+
+
+def test_models_json_lists_every_model():
+    proc = run_cli("models", "--json")
+    rows = json.loads(proc.stdout)
+    assert [r["name"] for r in rows] == list(REGISTRY)
+    assert all({"params", "rf", "target"} <= set(r) for r in rows)
+
+
+def test_summary_json_and_table():
+    info = json.loads(run_cli("summary", "Model_6", "--json").stdout)
+    assert (info["model"], info["params"], info["rf"]) == ("Model_6", 7624, 28)
+    assert {"name", "type", "output_shape", "params", "rf", "jump"} <= set(info["layers"][0])
+    table = run_cli("summary", "Model_6").stdout
+    assert "| conv1 | conv 3x3 1->8, no bias, ReLU, BN, dropout 0.05 | 8,26,26 | 72 + 16 | 3 | 1 |" in table
+    assert "**7,624**" in table
+
+
+@pytest.fixture(scope="module")
+def smoke_run(tmp_path_factory, mnist_dir):
+    out = tmp_path_factory.mktemp("runs")
+    proc = run_cli("train", "Model_6", "--epochs", "2", "--limit", "512", "--seeds", "1-2", "--data-dir",
+                   str(mnist_dir), "--out", str(out), "--device", "cpu")
+    assert proc.returncode == 0, proc.stderr
+    return out, proc
+
+
+def test_train_writes_a_record_and_checkpoint_per_seed(smoke_run):
+    out, proc = smoke_run
+    for seed in (1, 2):
+        rec = json.loads((out / "Model_6" / f"seed{seed}.json").read_text())
+        assert rec["model"] == "Model_6" and rec["params"] == 7624 and rec["seed"] == seed
+        assert rec["recipe"]["epochs"] == 2 and rec["recipe"]["dropout"] == 0.05 and rec["limit"] == 512
+        assert rec["torch"] == torch.__version__ and rec["device"] == "cpu"
+        assert [e["epoch"] for e in rec["epochs"]] == [1, 2]
+        for e in rec["epochs"]:
+            assert {"train_loss", "train_acc", "test_loss", "test_acc", "lr", "seconds"} <= set(e)
+            assert 0 <= e["test_acc"] <= 100
+        assert (out / "Model_6" / f"seed{seed}.pt").is_file()
+    assert proc.stdout.count("epoch  2/2") == 2 and "target NOT MET" in proc.stdout
+
+
+def test_same_seed_same_record_other_seed_differs(smoke_run, mnist_dir, tmp_path):
+    out, _ = smoke_run
+    again = run_cli("train", "Model_6", "--epochs", "2", "--limit", "512", "--seed", "1", "--data-dir",
+                    str(mnist_dir), "--out", str(tmp_path), "--device", "cpu")
+    assert again.returncode == 0, again.stderr
+
+    def strip(path):
+        rec = json.loads(path.read_text())
+        return [{k: v for k, v in e.items() if k != "seconds"} for e in rec["epochs"]]
+
+    assert strip(tmp_path / "Model_6" / "seed1.json") == strip(out / "Model_6" / "seed1.json")
+    assert strip(out / "Model_6" / "seed2.json") != strip(out / "Model_6" / "seed1.json")
+
+
+def test_eval_reproduces_the_last_test_accuracy(smoke_run, mnist_dir):
+    out, _ = smoke_run
+    rec = json.loads((out / "Model_6" / "seed1.json").read_text())
+    proc = run_cli("eval", str(out / "Model_6" / "seed1.pt"), "--data-dir", str(mnist_dir), "--limit", "512",
+                   "--json")
+    assert proc.returncode == 0, proc.stderr
+    res = json.loads(proc.stdout)
+    assert res["model"] == "Model_6" and res["total"] == 512
+    assert res["accuracy"] == rec["epochs"][-1]["test_acc"]
+    assert res["correct"] == rec["epochs"][-1]["test_correct"]
+
+
+@pytest.mark.parametrize(
+    "args, fragment",
+    [
+        (["train", "Model_99"], "valid models: Model_1"),
+        (["summary", "nope"], "unknown model 'nope'"),
+        (["train", "Model_1", "--epochs", "0"], "positive whole number"),
+        (["train", "Model_1", "--epochs", "-3"], "positive whole number"),
+        (["train", "Model_1", "--limit", "0"], "positive whole number"),
+        (["train", "Model_1", "--seeds", "5-1"], "expected seeds like 1-5"),
+        (["train", "Model_1", "--seeds", "x"], "expected seeds like 1-5"),
+        (["train", "Model_1", "--device", "tpu"], "unknown device"),
+        (["train", "Model_1", "--data-dir", "/nonexistent/mnist"], "does not exist"),
+        (["eval", "/nonexistent/ckpt.pt"], "does not exist"),
+        (["frobnicate"], "invalid choice"),
+    ],
+)
+def test_bad_input_gets_one_line_and_exit_2(args, fragment):
+    assert_clean_error(run_cli(*args), fragment)
+
+
+def test_eval_refuses_files_that_are_not_checkpoints(tmp_path):
+    junk = tmp_path / "junk.pt"
+    junk.write_bytes(b"this is not a checkpoint")
+    assert_clean_error(run_cli("eval", str(junk)), "not a readable checkpoint")
+
+
+class Evil:
+    def __reduce__(self):
+        return (print, ("PWNED",))
+
+
+def test_eval_refuses_pickled_code_without_running_it(tmp_path):
+    evil = tmp_path / "evil.pt"
+    torch.save({"model": "Model_6", "state_dict": {}, "payload": Evil()}, evil)
+    proc = run_cli("eval", str(evil))
+    assert_clean_error(proc, "refused")
+    assert "PWNED" not in proc.stdout
+
+
+def test_train_into_unwritable_folder_fails_cleanly(tmp_path, mnist_dir):
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    proc = run_cli("train", "Model_1", "--limit", "64", "--epochs", "1", "--data-dir", str(mnist_dir),
+                   "--out", str(blocker / "sub"))
+    assert_clean_error(proc, "not writable")

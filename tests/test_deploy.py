@@ -1,0 +1,108 @@
+"""predict on image files, ONNX export, and checkpoints given by model name."""
+
+import json
+
+import pytest
+import torch
+from PIL import Image
+
+from conftest import run_cli
+from tinymnist.data import load_mnist
+from tinymnist.predict import ImageError, to_mnist
+
+
+@pytest.fixture(scope="module")
+def digits(mnist_dir):
+    mnist = load_mnist(mnist_dir)
+    return mnist.test_images[:20], mnist.test_labels[:20]
+
+
+def photo_of(digit: torch.Tensor, dark_ink: bool, size=(150, 210), colour=True) -> Image.Image:
+    """An MNIST digit blown up into a larger, off-centre picture, as a scan or photo of one might be."""
+    img = Image.frombytes("L", (28, 28), bytes(digit.flatten().tolist())).resize((120, 120), Image.BILINEAR)
+    if dark_ink:
+        img = Image.eval(img, lambda v: 255 - v)
+    canvas = Image.new("L", size, 255 if dark_ink else 0)
+    canvas.paste(img, (10, 60))
+    return canvas.convert("RGB") if colour else canvas
+
+
+@pytest.mark.parametrize("dark_ink", [True, False])
+def test_pictures_are_converted_like_mnist(digits, dark_ink):
+    images, _ = digits
+    for digit in images[:10]:
+        converted = to_mnist(photo_of(digit, dark_ink).convert("L")).float()
+        original = digit.float()
+        corr = torch.corrcoef(torch.stack([converted.flatten(), original.flatten()]))[0, 1]
+        assert corr > 0.8, corr
+
+
+def test_blank_image_is_an_error():
+    with pytest.raises(ImageError, match="blank"):
+        to_mnist(Image.new("L", (50, 50), 255))
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory, mnist_dir):
+    out = tmp_path_factory.mktemp("ckpt")
+    proc = run_cli("train", "Model_3", "--epochs", "1", "--limit", "2000", "--data-dir", str(mnist_dir),
+                   "--out", str(out), "--quiet")
+    assert proc.returncode == 0, proc.stderr
+    return out / "Model_3" / "seed1.pt"
+
+
+def test_predict_json_on_png_and_jpeg(tmp_path, digits, checkpoint):
+    images, _ = digits
+    png, jpg = tmp_path / "a.png", tmp_path / "b.jpg"
+    photo_of(images[0], True).save(png)
+    photo_of(images[1], False).save(jpg, quality=90)
+    proc = run_cli("predict", str(checkpoint), str(png), str(jpg), "--json")
+    assert proc.returncode == 0, proc.stderr
+    rows = json.loads(proc.stdout)
+    assert [r["file"] for r in rows] == [str(png), str(jpg)]
+    assert all(0 <= r["digit"] <= 9 and 0 < r["probability"] <= 1 for r in rows)
+
+
+@pytest.mark.parametrize(
+    "make, fragment",
+    [
+        (lambda p: p.write_text("not an image"), "not a readable image"),
+        (lambda p: None, "does not exist"),
+    ],
+)
+def test_predict_bad_files(tmp_path, checkpoint, make, fragment):
+    target = tmp_path / "digit.png"
+    make(target)
+    proc = run_cli("predict", str(checkpoint), str(target))
+    assert proc.returncode == 2 and fragment in proc.stderr and "Traceback" not in proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1
+
+
+def test_predict_needs_images(checkpoint):
+    proc = run_cli("predict", str(checkpoint))
+    assert proc.returncode == 2 and "IMAGE" in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
+
+
+def test_export_onnx_matches_pytorch(tmp_path, checkpoint, mnist_dir):
+    out = tmp_path / "m.onnx"
+    proc = run_cli("export", str(checkpoint), "--onnx", str(out), "--data-dir", str(mnist_dir))
+    assert proc.returncode == 0, proc.stderr
+    assert "agrees with PyTorch on 10000/10000 test labels" in proc.stdout and "(OK)" in proc.stdout
+    assert out.stat().st_size > 10_000
+
+
+def test_checkpoint_of_another_model_is_refused(tmp_path, checkpoint):
+    ckpt = torch.load(checkpoint, weights_only=True)
+    ckpt["model"] = "Model_1"
+    wrong = tmp_path / "wrong.pt"
+    torch.save(ckpt, wrong)
+    proc = run_cli("eval", str(wrong))
+    assert proc.returncode == 2 and "weights do not fit Model_1" in proc.stderr
+
+
+def test_truncated_checkpoint_is_refused(tmp_path, checkpoint):
+    cut = tmp_path / "cut.pt"
+    cut.write_bytes(checkpoint.read_bytes()[:2000])
+    proc = run_cli("eval", str(cut))
+    assert proc.returncode == 2 and "not a readable checkpoint" in proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1

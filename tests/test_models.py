@@ -1,0 +1,94 @@
+import re
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from tinymnist.model import REGISTRY, UnknownModelError, count_params, create_model, get_entry
+from tinymnist.recipe import Recipe, lr_at
+from tinymnist.summary import summary_dict
+
+MODELS = list(REGISTRY)
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_output_is_log_probabilities(name):
+    model = create_model(name).eval()
+    out = model(torch.randn(5, 1, 28, 28))
+    assert out.shape == (5, 10)
+    assert torch.isfinite(out).all()
+    assert torch.allclose(out.exp().sum(1), torch.ones(5), atol=1e-5)
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_docstring_states_true_params_and_rf(name):
+    doc = REGISTRY[name].cls.__doc__
+    params = int(re.search(r"Params: ([\d,]+)", doc).group(1).replace(",", ""))
+    rf = int(re.search(r"RF: (\d+)", doc).group(1))
+    info = summary_dict(name, create_model(name))
+    assert (info["params"], info["rf"]) == (params, rf)
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_every_parameter_gets_a_gradient(name):
+    torch.manual_seed(0)
+    model = create_model(name).train()
+    loss = F.nll_loss(model(torch.randn(8, 1, 28, 28)), torch.arange(8) % 10)
+    loss.backward()
+    for pname, p in model.named_parameters():
+        assert p.grad is not None and p.grad.abs().sum() > 0, pname
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_registry_entry_is_complete(name):
+    entry = get_entry(name)
+    assert isinstance(entry.recipe, Recipe) and entry.recipe.epochs <= 15
+    assert entry.target and "\n" not in entry.target
+    # the recipe's dropout decides whether the model has dropout layers
+    has_dropout = any(isinstance(m, torch.nn.Dropout) for m in create_model(name).modules())
+    assert has_dropout == (entry.recipe.dropout > 0)
+
+
+def test_reference_param_counts():
+    assert count_params(create_model("Model_1")) == 13_584
+    assert count_params(create_model("Model_2")) == 7_400
+    for name in ("Model_3", "Model_4", "Model_5", "Model_6"):
+        assert count_params(create_model(name)) == 7_624
+
+
+def test_model_6_reproduces_the_reference_table():
+    layers = summary_dict("Model_6", create_model("Model_6"))["layers"]
+    got = [(tuple(l["output_shape"]), l["param_parts"]) for l in layers if l["name"] != "out"]
+    assert got == [
+        ((8, 26, 26), [72, 16]),
+        ((16, 24, 24), [1152, 32]),
+        ((16, 12, 12), []),
+        ((8, 12, 12), [128]),
+        ((16, 10, 10), [1152, 32]),
+        ((24, 8, 8), [3456, 48]),
+        ((24, 1, 1), []),
+        ((32, 1, 1), [768, 64]),
+        ((16, 1, 1), [512, 32]),
+        ((10, 1, 1), [160]),
+    ]
+    rfs = [l["rf"] for l in layers]
+    assert rfs[:7] == [3, 5, 6, 6, 10, 14, 28]  # max-pool right after RF 5; GAP sees the whole image
+
+
+def test_unknown_model_lists_valid_names():
+    with pytest.raises(UnknownModelError, match="Model_1, Model_2"):
+        create_model("Model_99")
+
+
+def test_reference_schedule_is_lambda_lr_0_65():
+    recipe = get_entry("Model_6").recipe
+    assert lr_at(recipe, 0) == pytest.approx(0.01)
+    assert lr_at(recipe, 3) == pytest.approx(0.01 * 0.65**3)
+    assert lr_at(Recipe(schedule="step", lr=0.1, gamma=0.1, step_size=6), 6) == pytest.approx(0.01)
+
+
+def test_recipe_round_trips_and_rejects_unknown_fields():
+    recipe = get_entry("Model_6").recipe
+    assert Recipe.from_dict(recipe.to_dict()) == recipe
+    with pytest.raises(ValueError, match="unknown recipe field"):
+        recipe.with_overrides(learning_rate=1)
