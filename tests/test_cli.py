@@ -89,6 +89,12 @@ def test_eval_reproduces_the_last_test_accuracy(smoke_run, mnist_dir):
         (["train", "Model_1", "--epochs", "0"], "positive whole number"),
         (["train", "Model_1", "--epochs", "-3"], "positive whole number"),
         (["train", "Model_1", "--limit", "0"], "positive whole number"),
+        (["train", "Model_1", "--batch-size", "0"], "positive whole number"),
+        (["train", "Model_1", "--batch-size", "-64"], "positive whole number"),
+        (["train", "Model_1", "--val", "0"], "positive whole number"),
+        (["train", "Model_1", "--lr", "0"], "positive number"),
+        (["train", "Model_1", "--lr", "nan"], "positive number"),
+        (["train", "Model_1", "--seeds", "-1"], "expected seeds like 1-5"),
         (["train", "Model_1", "--seeds", "5-1"], "expected seeds like 1-5"),
         (["train", "Model_1", "--seeds", "x"], "expected seeds like 1-5"),
         (["train", "Model_1", "--device", "tpu"], "unknown device"),
@@ -126,3 +132,30 @@ def test_train_into_unwritable_folder_fails_cleanly(tmp_path, mnist_dir):
     proc = run_cli("train", "Model_1", "--limit", "64", "--epochs", "1", "--data-dir", str(mnist_dir),
                    "--out", str(blocker / "sub"))
     assert_clean_error(proc, "not writable")
+
+
+def test_bench_runs_both_pipelines_on_a_few_batches(mnist_dir):
+    proc = run_cli("bench", "Model_6", "--batches", "3", "--repeat", "1", "--json", "--data-dir", str(mnist_dir),
+                   "--device", "cpu")
+    assert proc.returncode == 0, proc.stderr
+    res = json.loads(proc.stdout)
+    assert res["fast_img_s"] > 0 and res["baseline_img_s"] > 0
+    assert res["ratio"] == pytest.approx(res["fast_img_s"] / res["baseline_img_s"], rel=0.01)
+    assert res["train_flops_per_image"] == 6 * 1_068_480
+
+
+def test_bench_epochs_times_the_final_model_end_to_end(mnist_dir):
+    proc = run_cli("bench", "--epochs", "1", "--limit", "640", "--json", "--data-dir", str(mnist_dir),
+                   "--device", "cpu")
+    assert proc.returncode == 0, proc.stderr
+    res = json.loads(proc.stdout)
+    assert res["epochs"] == 1 and res["fast_seconds"] > 0 and res["baseline_seconds"] > 0
+
+
+def test_roles_name_one_final_and_at_most_one_tiny():
+    rows = json.loads(run_cli("models", "--json").stdout)
+    roles = [r["role"] for r in rows]
+    assert roles.count("final") == 1 and roles.count("tiny") <= 1
+    assert set(roles) <= {"final", "tiny", None}
+    final = next(r["name"] for r in rows if r["role"] == "final")
+    assert json.loads(run_cli("summary", "final", "--json").stdout)["model"] == final

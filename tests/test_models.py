@@ -92,3 +92,18 @@ def test_recipe_round_trips_and_rejects_unknown_fields():
     assert Recipe.from_dict(recipe.to_dict()) == recipe
     with pytest.raises(ValueError, match="unknown recipe field"):
         recipe.with_overrides(learning_rate=1)
+
+
+def test_fast_dropout_drops_p_and_keeps_the_mean():
+    from tinymnist.model import FastDropout, use_fast_dropout
+
+    torch.manual_seed(0)
+    drop = FastDropout(0.05).train()
+    y = drop(torch.ones(64, 16, 24, 24))
+    assert (y == 0).float().mean().item() == pytest.approx(0.05, abs=0.002)
+    assert y.mean().item() == pytest.approx(1.0, abs=0.01)
+    x = torch.randn(4, 3, 5, 5)
+    assert torch.equal(drop.eval()(x), x)
+    model = use_fast_dropout(create_model("Model_6"))
+    assert not any(type(m) is torch.nn.Dropout for m in model.modules())
+    assert sum(isinstance(m, FastDropout) for m in model.modules()) == 6

@@ -17,7 +17,7 @@ from .data import DataError, load_mnist
 from .export import ExportError
 from .predict import ImageError
 from .engine import Diverged, evaluate, fit, pick_device, set_seed
-from .model import REGISTRY, UnknownModelError, count_params, create_model, get_entry
+from .model import REGISTRY, UnknownModelError, count_params, create_model, get_entry, resolve_name
 from .records import (
     RESULTS_DIR,
     CheckpointError,
@@ -94,18 +94,21 @@ def cmd_models(args) -> None:
     rows = []
     for name, entry in REGISTRY.items():
         info = summary_dict(name, create_model(name))
-        rows.append({"name": name, "params": info["params"], "rf": info["rf"], "target": entry.target})
+        rows.append(
+            {"name": name, "params": info["params"], "rf": info["rf"], "role": entry.role, "target": entry.target}
+        )
     if args.json:
         print(json.dumps(rows, indent=1))
         return
     width = max(len(r["name"]) for r in rows)
     for r in rows:
-        print(f"{r['name']:<{width}}  {r['params']:>7,} params  RF {r['rf']:>2}  {r['target']}")
+        role = f"[{r['role']}] " if r["role"] else ""
+        print(f"{r['name']:<{width}}  {r['params']:>7,} params  RF {r['rf']:>2}  {role}{r['target']}")
 
 
 def cmd_summary(args) -> None:
-    get_entry(args.model)
-    info = summary_dict(args.model, create_model(args.model))
+    name = resolve_name(args.model)
+    info = summary_dict(name, create_model(name))
     print(json.dumps(info, indent=1) if args.json else format_summary(info))
 
 
@@ -141,6 +144,7 @@ def _progress_hooks(epochs: int, seed: int):
 
 def cmd_train(args) -> None:
     entry = get_entry(args.model)
+    args.model = entry.name
     overrides = {k: v for k, v in (("epochs", args.epochs), ("lr", args.lr), ("batch_size", args.batch_size)) if v}
     recipe = entry.recipe.with_overrides(**overrides)
     device = pick_device(args.device)
@@ -260,9 +264,63 @@ def cmd_export(args) -> None:
         raise UsageError(f"the exported model {out} does not match PyTorch within 1e-4")
 
 
+def cmd_bench(args) -> None:
+    from . import bench
+
+    device = pick_device(args.device)
+    data = load_mnist(args.data_dir).limit(args.limit).to(device)
+    if args.save:
+        _check_writable(Path(args.save).parent)
+    if args.epochs:
+        res = bench.end_to_end(resolve_name("final"), args.reference, data, device, args.epochs)
+        _save_bench(args, res)
+        if args.json:
+            print(json.dumps(res, indent=1))
+            return
+        print(f"{res['final']}, own recipe, {res['epochs']} epochs with evaluation: {res['fast_seconds']:.1f} s "
+              f"(last test accuracy {res['fast_last_test_acc']:.2f}%)")
+        print(f"{res['reference']}, baseline pipeline: {res['baseline_seconds']:.1f} s "
+              f"(from {res['baseline_img_s']:.0f} images/s plus evaluation, scaled to {res['epochs']} epochs)")
+        print(f"speed-up: {res['ratio']:.2f}x")
+        return
+    overrides = {k: v for k, v in (("batch_size", args.batch_size), ("dropout_impl", args.dropout_impl),
+                                   ("channels_last", args.channels_last)) if v is not None}
+    res = bench.compare(resolve_name(args.model), data, device, args.batches, args.repeat, **overrides)
+    _save_bench(args, res)
+    if args.json:
+        print(json.dumps(res, indent=1))
+        return
+    print(f"{res['model']} on {res['device']} ({res['threads']} threads), median of {args.repeat} runs:")
+    settings = ", ".join(f"{k}={v}" for k, v in res["settings"].items())
+    print(f"  project pipeline (batch {res['batch_size']}, {settings}): {res['fast_img_s']:8.0f} images/s  "
+          f"{res['fast_gflop_s']:.1f} GFLOP/s")
+    print(f"  baseline pipeline (batch 64):  {res['baseline_img_s']:8.0f} images/s  "
+          f"{res['baseline_gflop_s']:.1f} GFLOP/s")
+    print(f"  ratio {res['ratio']:.2f}x; {res['train_flops_per_image'] / 1e6:.2f} MFLOP to train on one image")
+
+
+def _save_bench(args, res: dict) -> None:
+    """With --save FILE, the measurement becomes a record, with the machine it was taken on."""
+    if args.save:
+        from . import bench
+
+        write_json(Path(args.save), {**res, "machine": bench.machine(), "command": "tinymnist " + " ".join(
+            sys.argv[1:]) if sys.argv[1:] else "tinymnist bench", "torch": torch.__version__})
+        print(f"saved {args.save}", file=sys.stderr)
+
+
 def cmd_report(args) -> None:
-    changed = report.update_readme(Path(args.readme), Path(args.results))
-    print(f"{args.readme}: {'updated' if changed else 'already up to date'}")
+    from .records import WEIGHTS_DIR
+
+    results = Path(args.results)
+    changed = report.update_readme(Path(args.readme), results, write=not args.check)
+    print(f"{args.readme}: {'out of date' if args.check and changed else 'updated' if changed else 'up to date'}")
+    if not args.check:
+        for path in report.ship_weights(results, WEIGHTS_DIR):
+            print(f"shipped {path}")
+        if not args.no_figures:
+            for path in report.draw_figures(results, Path(args.figures), args.data_dir):
+                print(f"drew {path}")
     if args.check and changed:
         raise UsageError(f"{args.readme} was out of date with the records in {args.results}")
 
@@ -319,10 +377,32 @@ def build_parser() -> Parser:
     s.add_argument("--limit", type=positive_int, help="verify on only the first N test images")
     s.set_defaults(func=cmd_export)
 
+    s = sub.add_parser("bench", help="images/s of the project's pipeline against the per-sample PIL baseline")
+    s.add_argument("model", nargs="?", default="Model_6")
+    s.add_argument("--batches", type=positive_int, default=100, help="timed batches per repetition")
+    s.add_argument("--repeat", type=positive_int, default=3, help="repetitions (the median is reported)")
+    s.add_argument("--batch-size", type=positive_int, help="the project pipeline's batch size (default: the recipe's)")
+    s.add_argument("--dropout-impl", choices=["torch", "fast"], help="override the dropout implementation")
+    s.add_argument("--channels-last", type=lambda v: {"yes": True, "no": False}[v], choices=[True, False],
+                   metavar="yes|no", help="override the memory layout")
+    s.add_argument("--epochs", type=positive_int,
+                   help="instead, time N whole epochs of the final model against the baseline")
+    s.add_argument("--reference", default="Model_6", help="the model the baseline trains with --epochs")
+    s.add_argument("--save", metavar="FILE.json", help="also write the measurement to FILE.json as a record")
+    s.add_argument("--limit", type=positive_int, help="use only the first N training and test images (smoke test)")
+    s.add_argument("--data-dir", help="folder with the MNIST IDX files (default $TINYMNIST_DATA, then ./data/mnist)")
+    s.add_argument("--device", default="auto", help="auto (CUDA, then MPS, then CPU), cpu, cuda or mps")
+    s.add_argument("--json", action="store_true")
+    s.set_defaults(func=cmd_bench)
+
     s = sub.add_parser("report", help="regenerate the README's result sections from the run records")
     s.add_argument("--results", default=str(RESULTS_DIR), help="folder of run records (default results/)")
     s.add_argument("--readme", default="README.md")
-    s.add_argument("--check", action="store_true", help="fail (exit 2) if the README was out of date")
+    s.add_argument("--check", action="store_true",
+                   help="only check: fail (exit 2) if the README was out of date; draw and ship nothing")
+    s.add_argument("--figures", default="docs/figures", help="folder for the PNG figures")
+    s.add_argument("--no-figures", action="store_true")
+    s.add_argument("--data-dir", help="MNIST folder, for the final model's mistakes and confusion matrix")
     s.set_defaults(func=cmd_report)
     return p
 

@@ -18,6 +18,7 @@ from torch import nn
 
 from .augment import augment_batch
 from .data import MEAN, STD, MNIST
+from .model import use_fast_dropout
 from .recipe import Recipe, lr_at
 
 
@@ -40,12 +41,24 @@ def pick_device(name: str = "auto") -> torch.device:
     return torch.device(name)
 
 
-def prepare(images: torch.Tensor, augment=None) -> torch.Tensor:
+def prepare(images: torch.Tensor, augment=None, channels_last: bool = False) -> torch.Tensor:
     """uint8 (B, 28, 28) -> normalised float (B, 1, 28, 28), augmented on the way when asked."""
     x = images.unsqueeze(1).float().div_(255)
     if augment is not None:
         x = augment_batch(x, augment)
-    return (x - MEAN) / STD
+    x = (x - MEAN) / STD
+    return x.contiguous(memory_format=torch.channels_last) if channels_last else x
+
+
+def configure(model: nn.Module, recipe: Recipe) -> nn.Module:
+    """Applies the recipe's speed settings to a freshly built model (neither changes its parameters)."""
+    if recipe.dropout_impl == "fast" and next(model.parameters()).device.type == "cpu":
+        use_fast_dropout(model)
+    elif recipe.dropout_impl not in ("torch", "fast"):
+        raise ValueError(f"unknown dropout_impl {recipe.dropout_impl!r}; valid: torch, fast")
+    if recipe.channels_last:
+        model.to(memory_format=torch.channels_last)
+    return model
 
 
 def make_optimizer(model: nn.Module, recipe: Recipe) -> torch.optim.Optimizer:
@@ -97,7 +110,7 @@ def train_one_epoch(
         if lr_at_step is not None:
             for group in optimizer.param_groups:
                 group["lr"] = lr_at_step(step / steps)
-        x, y = prepare(images[idx], recipe.augment), labels[idx]
+        x, y = prepare(images[idx], recipe.augment, recipe.channels_last), labels[idx]
         out = model(x)
         loss = F.nll_loss(out, y)
         optimizer.zero_grad(set_to_none=True)
@@ -170,6 +183,7 @@ def fit(
     same random stream, so the result equals that of an uninterrupted run. Raises `Diverged` when the
     training loss stops being finite.
     """
+    configure(model, recipe)
     optimizer = make_optimizer(model, recipe)
     history = restore_state(model, optimizer, resume) if resume else []
     for epoch in range(len(history), recipe.epochs):

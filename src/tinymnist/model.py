@@ -27,14 +27,16 @@ class Entry:
     cls: type[nn.Module]
     recipe: Recipe  # how this step is trained
     target: str  # what this step set out to do, in one line
+    role: str | None = None  # "final": the model the main job trains; "tiny": the smallest that meets its target
 
 
 REGISTRY: dict[str, Entry] = {}
+ROLES = ("final", "tiny")
 
 
-def register(recipe: Recipe, target: str):
+def register(recipe: Recipe, target: str, role: str | None = None):
     def add(cls: type[nn.Module]) -> type[nn.Module]:
-        REGISTRY[cls.__name__] = Entry(cls.__name__, cls, recipe, target)
+        REGISTRY[cls.__name__] = Entry(cls.__name__, cls, recipe, target, role)
         return cls
 
     return add
@@ -45,16 +47,26 @@ def model_names() -> list[str]:
 
 
 def get_entry(name: str) -> Entry:
+    """A model by name, or by role ("final", "tiny")."""
+    if name in ROLES:
+        name = next((e.name for e in REGISTRY.values() if e.role == name), name)
     try:
         return REGISTRY[name]
     except KeyError:
-        raise UnknownModelError(f"unknown model {name!r}; valid models: {', '.join(REGISTRY)}") from None
+        raise UnknownModelError(
+            f"unknown model {name!r}; valid models: {', '.join(REGISTRY)} (or a role: {', '.join(ROLES)})"
+        ) from None
 
 
 def create_model(name: str, dropout: float | None = None) -> nn.Module:
     """Builds a registered model; `dropout` defaults to the one in the model's recipe."""
     entry = get_entry(name)
     return entry.cls(dropout=entry.recipe.dropout if dropout is None else dropout)
+
+
+def resolve_name(name: str) -> str:
+    """The model name behind a name or a role."""
+    return get_entry(name).name
 
 
 def count_params(model: nn.Module) -> int:
@@ -74,6 +86,38 @@ def conv_block(cin: int, cout: int, k: int, *, bn: bool, dropout: float, relu: b
     if dropout > 0:
         layers.append(nn.Dropout(dropout))
     return nn.Sequential(*layers)
+
+
+class FastDropout(nn.Module):
+    """Element-wise dropout, as nn.Dropout, with masks cut from 16-bit random integers.
+
+    On a CPU, nn.Dropout draws one 32-bit random number per activation through a scalar generator, which
+    for these small networks costs as much as the convolutions. Each 32-bit draw here gives two 16-bit
+    numbers, compared against p * 65536: the drop probability is p rounded to 1/65536.
+    """
+
+    def __init__(self, p: float):
+        super().__init__()
+        self.p = p
+        self.threshold = round(p * 65536) - 32768  # int16 values below this are dropped
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.training or self.p == 0:
+            return x
+        n = x.numel()
+        bits = torch.empty((n + 1) // 2, dtype=torch.int32, device=x.device).random_(-(2**31), 2**31 - 1)
+        keep = bits.view(torch.int16)[:n].view_as(x) >= self.threshold
+        return torch.where(keep, x * (1.0 / (1.0 - self.p)), 0.0)
+
+
+def use_fast_dropout(model: nn.Module) -> nn.Module:
+    """Replaces every nn.Dropout in `model` by FastDropout with the same p (no parameters change)."""
+    for name, child in model.named_children():
+        if type(child) is nn.Dropout:
+            setattr(model, name, FastDropout(child.p))
+        else:
+            use_fast_dropout(child)
+    return model
 
 
 class LogSoftmaxHead(nn.Module):
@@ -193,6 +237,7 @@ class Model_5(Model_4):
 @register(
     BASE.with_overrides(dropout=0.05, augment=Augment(), schedule="exp", gamma=0.65),
     "LR schedule: lr 0.01 x 0.65^epoch, to settle into a minimum in the last epochs",
+    role="final",
 )
 class Model_6(Model_5):
     """Step 6, learning-rate schedule: the reference's final network and recipe.

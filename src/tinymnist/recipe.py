@@ -45,6 +45,8 @@ class Recipe:
     nesterov: bool = False  # Nesterov momentum for SGD
     dropout: float = 0.0  # dropout probability after each convolution but the last (0 = no dropout layers)
     augment: Augment | None = None  # None trains on the images as they are
+    dropout_impl: str = "torch"  # "torch": nn.Dropout; "fast": the same element-wise dropout, cheaper masks on CPU
+    channels_last: bool = False  # NHWC memory layout for convolutions (see the Performance section of the README)
     eval_batch_size: int = 1000  # evaluation has no gradients: large batches are cheaper
 
     def with_overrides(self, **overrides: Any) -> Recipe:

@@ -149,6 +149,41 @@ def models_table() -> str:
     return "\n".join(lines)
 
 
+def bench_tables(results: Path) -> str:
+    """The Performance figures, from the records that `tinymnist bench --save` wrote to results/bench/."""
+    recs = []
+    for path in sorted((results / "bench").glob("*.json")):
+        rec = json.loads(path.read_text())
+        rec["_path"] = path.as_posix()
+        recs.append(rec)
+    if not recs:
+        raise ReportError(f"no benchmark records in {results}/bench/")
+    lines = [
+        "| measurement | project pipeline | baseline pipeline | ratio | record |",
+        "|---|---:|---:|---:|---|",
+    ]
+    for rec in recs:
+        if "fast_img_s" in rec:
+            settings = ", ".join(f"{k}={v}" for k, v in rec["settings"].items())
+            lines.append(
+                f"| {rec['model']} training, project batch {rec['batch_size']} ({settings}) vs baseline batch 64 | "
+                f"{rec['fast_img_s']:,.0f} img/s ({rec['fast_gflop_s']:.1f} GFLOP/s) | "
+                f"{rec['baseline_img_s']:,.0f} img/s ({rec['baseline_gflop_s']:.1f} GFLOP/s) | "
+                f"**{rec['ratio']:.2f}x** | [{Path(rec['_path']).name}]({rec['_path']}) |"
+            )
+        else:
+            lines.append(
+                f"| {rec['epochs']} epochs with evaluation: {rec['final']} (own recipe) vs {rec['reference']} "
+                f"(baseline) | {rec['fast_seconds']:.1f} s | {rec['baseline_seconds']:.1f} s | "
+                f"**{rec['ratio']:.2f}x** | [{Path(rec['_path']).name}]({rec['_path']}) |"
+            )
+    m = recs[0]["machine"]
+    lines += ["", f"Measured on: {m['cpu']}, {m['cores']} cores, {m['torch_threads']} torch threads, "
+                  f"{m['system']}, torch {recs[0]['torch']}. Commands: "
+                  + "; ".join(f"`{r['command']}`" for r in recs) + "."]
+    return "\n".join(lines)
+
+
 def section(key: str, results: Path) -> str:
     kind, _, arg = key.partition(":")
     if kind == "step":
@@ -159,6 +194,8 @@ def section(key: str, results: Path) -> str:
         return seeds_table(results)
     if kind == "models":
         return models_table()
+    if kind == "bench":
+        return bench_tables(results)
     if kind == "summary":
         return format_summary(summary_dict(arg, create_model(arg)))
     raise ReportError(f"unknown README section {key!r}")
@@ -171,7 +208,8 @@ def render_readme(text: str, results: Path) -> str:
     return SECTION.sub(lambda m: m.group(1) + section(m.group("key"), results) + "\n" + m.group(4), text)
 
 
-def update_readme(readme: Path, results: Path) -> bool:
+def update_readme(readme: Path, results: Path, write: bool = True) -> bool:
+    """Regenerates the README's sections; returns whether anything differed (and wrote it, if `write`)."""
     from .records import atomic_write_bytes
 
     try:
@@ -179,6 +217,62 @@ def update_readme(readme: Path, results: Path) -> bool:
     except OSError as e:
         raise ReportError(f"cannot read {readme}: {e.strerror}") from None
     new = render_readme(text, results)
-    if new != text:
+    if new != text and write:
         atomic_write_bytes(readme, new.encode())
     return new != text
+
+
+def draw_figures(results: Path, fig_dir: Path, data_dir=None) -> list[Path]:
+    """The figures of the README: curves from the records, mistakes and confusion of the final model."""
+    from . import figures
+    from .data import load_mnist
+    from .engine import predict
+    from .model import get_entry
+    from .records import load_checkpoint
+
+    by_model = {m: load_records(results, m) for m in REGISTRY}
+    made = [fig_dir / "test_curves.png", fig_dir / "train_vs_test.png"]
+    figures.test_curves(by_model, made[0], TARGET)
+    figures.train_vs_test(by_model, made[1])
+    final = get_entry("final").name
+    ckpt = results / final / "seed1.pt"
+    if ckpt.is_file():
+        _, model, _ = load_checkpoint(ckpt)
+        data = load_mnist(data_dir)
+        preds = predict(model, data.test_images).argmax(1)
+        wrong = int((preds != data.test_labels).sum())
+        title = f"{final} (seed 1): the {wrong} test digits it gets wrong, true→predicted"
+        figures.mistakes(data.test_images, data.test_labels, preds, fig_dir / "mistakes.png", title)
+        figures.confusion(data.test_labels, preds, fig_dir / "confusion.png", f"{final} (seed 1): confusion")
+        made += [fig_dir / "mistakes.png", fig_dir / "confusion.png"]
+    return made
+
+
+def ship_weights(results: Path, weights_dir: Path) -> list[Path]:
+    """Copies the seed-1 checkpoint of the final and the tiny model into the package, with where it came from."""
+    import json as _json
+    import shutil
+
+    from .records import write_json
+
+    shipped = []
+    for entry in REGISTRY.values():
+        if entry.role is None:
+            continue
+        src = results / entry.name / "seed1.pt"
+        record = results / entry.name / "seed1.json"
+        if not (src.is_file() and record.is_file()):
+            raise ReportError(f"no seed-1 checkpoint and record of the {entry.role} model {entry.name} in {results}/")
+        rec = _json.loads(record.read_text())
+        weights_dir.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(src, weights_dir / f"{entry.name}.pt")
+        write_json(weights_dir / f"{entry.name}.json", {
+            "model": entry.name, "role": entry.role, "seed": rec["seed"], "record": record.as_posix(),
+            "test_acc": rec["epochs"][-1]["test_acc"], "test_correct": rec["epochs"][-1]["test_correct"],
+        })
+        shipped.append(weights_dir / f"{entry.name}.pt")
+    for stale in weights_dir.glob("*.pt"):  # a model that lost its role no longer ships
+        if stale not in shipped:
+            stale.unlink()
+            stale.with_suffix(".json").unlink(missing_ok=True)
+    return shipped

@@ -1,0 +1,210 @@
+"""Speed, measured side by side: the project's pipeline against the conventional per-sample PIL pipeline.
+
+The baseline is what the reference notebook ran: a map-style Dataset that turns each digit into a PIL image
+and applies torchvision's RandomAffine(7, translate=(0.1, 0.1), scale=(0.8, 1.2), shear=10) and
+ColorJitter(brightness=0.4, contrast=0.4), then ToTensor and Normalize, behind a DataLoader (batch 64,
+shuffled, 2 workers). torchvision does not install beside the CPU build of PyTorch used here, so those
+transforms are re-implemented below with the Pillow calls torchvision's PIL backend makes.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import statistics
+import time
+
+import torch
+import torch.nn.functional as F
+from PIL import Image, ImageEnhance
+from torch import nn
+from torch.utils.data import DataLoader, Dataset
+
+from .data import MEAN, STD, MNIST
+from .engine import configure, evaluate, fit, make_optimizer, train_one_epoch
+from .model import create_model, get_entry
+from .recipe import Augment, Recipe
+from .summary import summary_dict
+
+# --- the baseline: torchvision's transforms, done per sample with Pillow ------------------------------
+
+
+def inverse_affine(angle, translate, scale, shear_x, center) -> list[float]:
+    """The 2x3 matrix PIL's Image.transform(AFFINE) needs (output -> input), as torchvision builds it."""
+    rot, sx = math.radians(angle), math.radians(shear_x)
+    cx, cy = center
+    tx, ty = translate
+    # forward: rotate by `angle` and x-shear by `shear_x`, scale, about the centre, then translate
+    a, b = math.cos(rot), math.cos(rot) * math.tan(sx) - math.sin(rot)
+    c, d = math.sin(rot), math.sin(rot) * math.tan(sx) + math.cos(rot)
+    det = a * d - b * c
+    m = [d / det / scale, -b / det / scale, 0.0, -c / det / scale, a / det / scale, 0.0]
+    m[2] = m[0] * (-cx - tx) + m[1] * (-cy - ty) + cx
+    m[5] = m[3] * (-cx - tx) + m[4] * (-cy - ty) + cy
+    return m
+
+
+class PILAugmentedMNIST(Dataset):
+    """Per-sample PIL augmentation, like torchvision.datasets.MNIST with a Compose of PIL transforms."""
+
+    def __init__(self, images: torch.Tensor, labels: torch.Tensor, aug: Augment | None):
+        self.images, self.labels, self.aug = images.cpu(), labels.cpu(), aug
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, i: int):
+        img = Image.frombytes("L", (28, 28), bytes(self.images[i].flatten().tolist()))
+        if self.aug is not None:
+            a = self.aug
+            w, h = img.size
+            angle = random.uniform(-a.rotation, a.rotation)
+            tx = round(random.uniform(-a.translate * w, a.translate * w))
+            ty = round(random.uniform(-a.translate * h, a.translate * h))
+            scale = random.uniform(a.scale_min, a.scale_max)
+            shear = random.uniform(-a.shear, a.shear)
+            matrix = inverse_affine(angle, (tx, ty), scale, shear, (w * 0.5, h * 0.5))
+            img = img.transform(img.size, Image.AFFINE, matrix, resample=Image.NEAREST, fillcolor=0)
+            jitters = [
+                lambda im: ImageEnhance.Brightness(im).enhance(random.uniform(1 - a.brightness, 1 + a.brightness)),
+                lambda im: ImageEnhance.Contrast(im).enhance(random.uniform(1 - a.contrast, 1 + a.contrast)),
+            ]
+            random.shuffle(jitters)  # ColorJitter applies its adjustments in a random order
+            for jitter in jitters:
+                img = jitter(img)
+        x = torch.frombuffer(bytearray(img.tobytes()), dtype=torch.uint8).view(1, 28, 28).float().div_(255)
+        return (x - MEAN) / STD, int(self.labels[i])
+
+
+def baseline_loader(data: MNIST, aug: Augment | None, batch_size: int = 64, workers: int = 2) -> DataLoader:
+    return DataLoader(PILAugmentedMNIST(data.train_images, data.train_labels, aug), batch_size=batch_size,
+                      shuffle=True, num_workers=workers, persistent_workers=workers > 0)
+
+
+def baseline_train(model: nn.Module, loader: DataLoader, optimizer, batches: int) -> int:
+    """The reference's loop: fetch, step, and read the loss back every batch (for its progress bar)."""
+    model.train()
+    seen = 0
+    for i, (x, y) in enumerate(loader):
+        if i == batches:
+            break
+        out = model(x)
+        loss = F.nll_loss(out, y)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        loss.item()
+        seen += len(y)
+    return seen
+
+
+# --- measurements ---------------------------------------------------------------------------------------
+
+
+def time_baseline(model_name: str, data: MNIST, batches: int, warmup: int = 5) -> float:
+    """Images per second of the baseline pipeline training `model_name` as its recipe defines it."""
+    recipe = get_entry(model_name).recipe
+    model = create_model(model_name)
+    optimizer = make_optimizer(model, recipe)
+    loader = baseline_loader(data, recipe.augment)
+    baseline_train(model, loader, optimizer, warmup)  # starts the workers
+    start = time.perf_counter()
+    seen = baseline_train(model, loader, optimizer, batches)
+    return seen / (time.perf_counter() - start)
+
+
+def time_fast(model_name: str, data: MNIST, recipe: Recipe, batches: int, device, warmup: int = 5) -> float:
+    """Images per second of the project's pipeline on `batches` batches of `recipe.batch_size`."""
+    model = configure(create_model(model_name, dropout=recipe.dropout).to(device), recipe)
+    optimizer = make_optimizer(model, recipe)
+    n = recipe.batch_size
+    train_one_epoch(model, optimizer, data.train_images[: warmup * n], data.train_labels[: warmup * n], recipe)
+    images, labels = data.train_images[: batches * n], data.train_labels[: batches * n]
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    start = time.perf_counter()
+    train_one_epoch(model, optimizer, images, labels, recipe)  # ends with .item(): synchronised
+    return len(labels) / (time.perf_counter() - start)
+
+
+def train_flops(model_name: str) -> int:
+    """FLOPs to train on one image: forward multiply-adds x 2, and the backward pass costs about twice the forward."""
+    return 6 * summary_dict(model_name, create_model(model_name))["macs"]
+
+
+# The project pipeline's speed settings for a network trained as its recipe defines it (see the README's
+# Performance section for the measurements behind them).
+FAST_SETTINGS = {"dropout_impl": "fast", "channels_last": False}
+
+
+def compare(model_name: str, data: MNIST, device, batches: int = 100, repeat: int = 3, **overrides) -> dict:
+    """Median images/s of each pipeline over `repeat` alternating repetitions on the same network."""
+    fast_recipe = get_entry(model_name).recipe.with_overrides(**{**FAST_SETTINGS, **overrides})
+    fast, base = [], []
+    for _ in range(repeat):
+        fast.append(time_fast(model_name, data, fast_recipe, batches, device))
+        base.append(time_baseline(model_name, data, max(batches * fast_recipe.batch_size // 64, 20)))
+    flops = train_flops(model_name)
+    f, b = statistics.median(fast), statistics.median(base)
+    return {
+        "model": model_name,
+        "device": str(device),
+        "threads": torch.get_num_threads(),
+        "batch_size": fast_recipe.batch_size,
+        "settings": {"dropout_impl": fast_recipe.dropout_impl, "channels_last": fast_recipe.channels_last},
+        "fast_img_s": round(f, 1),
+        "baseline_img_s": round(b, 1),
+        "ratio": round(f / b, 2),
+        "fast_runs": [round(v, 1) for v in fast],
+        "baseline_runs": [round(v, 1) for v in base],
+        "train_flops_per_image": flops,
+        "fast_gflop_s": round(flops * f / 1e9, 2),
+        "baseline_gflop_s": round(flops * b / 1e9, 2),
+    }
+
+
+def end_to_end(final: str, reference: str, data: MNIST, device, epochs: int, baseline_batches: int = 150) -> dict:
+    """Wall time of `epochs` epochs of `final` with its own recipe and per-epoch evaluation, against the
+    reference model with the baseline pipeline, timed on `baseline_batches` batches and scaled to full epochs."""
+    recipe = get_entry(final).recipe.with_overrides(epochs=epochs)
+    torch.manual_seed(0)
+    model = create_model(final).to(device)
+    start = time.perf_counter()
+    history = fit(model, data, recipe)
+    fast_s = time.perf_counter() - start
+
+    ref_recipe = get_entry(reference).recipe
+    ref_img_s = time_baseline(reference, data, baseline_batches)
+    ref_model = create_model(reference)
+    start = time.perf_counter()
+    evaluate(ref_model, data.test_images, data.test_labels, batch_size=64)  # the reference evaluated in 64s too
+    eval_s = time.perf_counter() - start
+    base_epoch_s = len(data.train_labels) / ref_img_s + eval_s
+    return {
+        "final": final,
+        "reference": reference,
+        "epochs": epochs,
+        "device": str(device),
+        "fast_seconds": round(fast_s, 1),
+        "fast_last_test_acc": history[-1]["test_acc"],
+        "baseline_seconds": round(base_epoch_s * epochs, 1),
+        "baseline_img_s": round(ref_img_s, 1),
+        "baseline_batch_size": ref_recipe.batch_size,
+        "ratio": round(base_epoch_s * epochs / fast_s, 2),
+    }
+
+
+def machine() -> dict:
+    """What the figures were measured on."""
+    import os
+    import platform
+
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in open("/proc/cpuinfo"):
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return {"cpu": cpu, "cores": os.cpu_count(), "torch_threads": torch.get_num_threads(), "system": platform.system()}
