@@ -148,7 +148,9 @@ def cmd_train(args) -> None:
     overrides = {k: v for k, v in (("epochs", args.epochs), ("lr", args.lr), ("batch_size", args.batch_size)) if v}
     recipe = entry.recipe.with_overrides(**overrides)
     device = pick_device(args.device)
-    out = Path(args.out) if args.out else (Path("results-smoke") if args.limit else RESULTS_DIR)
+    # smoke runs and validation runs never overwrite the records of full runs
+    out = Path(args.out) if args.out else Path("results-smoke") if args.limit else RESULTS_DIR / "val" if args.val \
+        else RESULTS_DIR
     data = load_mnist(args.data_dir).limit(args.limit).hold_out(args.val).to(device)
     _check_writable(out)
     verdicts = []
@@ -162,7 +164,7 @@ def cmd_train(args) -> None:
                 print(f"resuming {args.model} seed {seed} after epoch {len(resume['history'])} from {state_path}")
             elif path.exists():
                 print(f"{args.model} seed {seed}: already complete ({path}), skipped")
-                verdicts.append(report.verdict(json.loads(path.read_text())["epochs"]))
+                verdicts.append(report.verdict(json.loads(path.read_text())["epochs"], hold=entry.hold))
                 continue
         set_seed(seed)
         model = create_model(args.model).to(device)
@@ -196,13 +198,13 @@ def cmd_train(args) -> None:
         save_checkpoint(path.with_suffix(".pt"), args.model, model, recipe, seed=seed)
         write_json(path, rec)
         state_path.unlink(missing_ok=True)  # the record and checkpoint now hold everything
-        verdict = report.verdict(history)
+        verdict = report.verdict(history, hold=entry.hold)
         verdicts.append(verdict)
         print(f"record {path}, checkpoint {path.with_suffix('.pt')}")
         print(verdict["text"], flush=True)
     if len(verdicts) > 1:
         held = sum(v["held"] for v in verdicts)
-        print(f"{args.model}: held >= {report.TARGET:.2f}% in the last {report.HOLD} epochs on {held} of "
+        print(f"{args.model}: held >= {report.TARGET:.2f}% in the last {entry.hold} epochs on {held} of "
               f"{len(verdicts)} seeds")
 
 
@@ -353,7 +355,8 @@ def build_parser() -> Parser:
     s.add_argument("--resume", action="store_true",
                    help="continue interrupted runs from their last completed epoch; skip finished seeds")
     _data_args(s)
-    s.add_argument("--out", help="folder for records and checkpoints (default results/, results-smoke/ with --limit)")
+    s.add_argument("--out", help="folder for records and checkpoints (default results/; results-smoke/ with --limit, "
+                                 "results/val/ with --val)")
     s.add_argument("--quiet", action="store_true", help="no per-batch progress bar")
     s.set_defaults(func=cmd_train)
 

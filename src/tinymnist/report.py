@@ -78,14 +78,15 @@ def step_results(results: Path, model: str) -> str:
     h = rec["epochs"]
     train, train_ep = _best(h, "train_acc")
     test, test_ep = _best(h, "test_acc")
-    v = verdict(h)
+    hold = REGISTRY[model].hold
+    v = verdict(h, hold=hold)
     lines = [
         f"- Parameters: {rec['params']:,}; seed {rec['seed']}, {len(h)} epochs "
         f"([record]({rec['_path']}))",
         f"- Best train accuracy: {train:.2f}% (epoch {train_ep}); best test accuracy: {test:.2f}% (epoch {test_ep})",
         f"- Last epoch: train {h[-1]['train_acc']:.2f}%, test {h[-1]['test_acc']:.2f}% "
         f"(train - test: {h[-1]['train_acc'] - h[-1]['test_acc']:+.2f} points)",
-        f"- Epochs at >= {TARGET:.2f}%: {epoch_ranges(v['above'])}; held in each of the last {HOLD}: "
+        f"- Epochs at >= {TARGET:.2f}%: {epoch_ranges(v['above'])}; held in each of the last {hold}: "
         f"{'yes' if v['held'] else 'no'}",
     ]
     if len(records) > 1:
@@ -116,13 +117,14 @@ def seeds_table(results: Path) -> str:
         if not records:
             continue
         lasts = [r["test_acc"] for rec in records for r in rec["epochs"][-HOLD:]]
-        held = sum(verdict(rec["epochs"])["held"] for rec in records)
+        hold = REGISTRY[model].hold
+        held = sum(verdict(rec["epochs"], hold=hold)["held"] for rec in records)
         best = max(r["test_acc"] for rec in records for r in rec["epochs"])
         std = statistics.stdev(lasts) if len(lasts) > 1 else 0.0
         lines.append(
             f"| {model} | {records[0]['params']:,} | {', '.join(str(r['seed']) for r in records)} | "
             f"{statistics.mean(lasts):.2f} | {std:.2f} | {min(lasts):.2f} | {best:.2f} | "
-            f"held >= {TARGET:.2f} in the last {HOLD} epochs on {held} of {len(records)} seeds |"
+            f"held >= {TARGET:.2f} in the last {hold} epochs on {held} of {len(records)} seeds |"
         )
     return "\n".join(lines)
 
@@ -135,7 +137,7 @@ def seed_detail(results: Path, model: str) -> str:
     head = "| seed | " + " | ".join(str(e) for e in range(1, n + 1)) + " | verdict |"
     lines = [head, "|---:|" + "---:|" * n + "---|"]
     for rec in records:
-        v = verdict(rec["epochs"])
+        v = verdict(rec["epochs"], hold=REGISTRY[model].hold)
         accs = " | ".join(f"{r['test_acc']:.2f}" for r in rec["epochs"])
         lines.append(f"| {rec['seed']} | {accs} | {'held' if v['held'] else 'not held'} |")
     return "\n".join(lines)
