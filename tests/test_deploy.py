@@ -6,7 +6,7 @@ import pytest
 import torch
 from PIL import Image
 
-from conftest import run_cli
+from conftest import ROOT, run_cli
 from tinymnist.data import load_mnist
 from tinymnist.predict import ImageError, to_mnist
 
@@ -106,3 +106,22 @@ def test_truncated_checkpoint_is_refused(tmp_path, checkpoint):
     proc = run_cli("eval", str(cut))
     assert proc.returncode == 2 and "not a readable checkpoint" in proc.stderr
     assert len(proc.stderr.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize("role", ["final", "tiny"])
+def test_shipped_weights_reproduce_their_record(role, mnist_dir):
+    """`tinymnist eval <model name>` uses the shipped weights and matches the record they came from."""
+    from tinymnist.model import REGISTRY
+    from tinymnist.records import WEIGHTS_DIR
+
+    names = [e.name for e in REGISTRY.values() if e.role == role]
+    if not names:
+        assert role == "tiny"  # only the tiny role may be vacant, while no model meets its target
+        return
+    meta = json.loads((WEIGHTS_DIR / f"{names[0]}.json").read_text())
+    record = json.loads((ROOT / meta["record"]).read_text())
+    proc = run_cli("eval", names[0], "--json", "--data-dir", str(mnist_dir))
+    assert proc.returncode == 0, proc.stderr
+    res = json.loads(proc.stdout)
+    assert res["accuracy"] == record["epochs"][-1]["test_acc"] and res["correct"] == record["epochs"][-1]["test_correct"]
+    assert res["total"] == 10_000 and record["seed"] == meta["seed"]

@@ -29,24 +29,31 @@ def _save(fig, path: Path) -> None:
     fig.savefig(path, bbox_inches="tight", metadata={"Software": None})  # no version stamp: stable files
 
 
-def test_curves(records_by_model: dict[str, list[dict]], path: Path, target: float) -> None:
-    """Test accuracy per epoch, one line per seed, one panel per model."""
-    plt = _plt()
+def _panels(plt, records_by_model: dict[str, list[dict]]):
+    """A grid with one panel per model that has records; unused panels are hidden."""
     models = [m for m, recs in records_by_model.items() if recs]
     cols = min(4, len(models))
     rows = (len(models) + cols - 1) // cols
-    fig, axes = plt.subplots(rows, cols, figsize=(3.2 * cols, 2.6 * rows), squeeze=False, sharey=True)
-    for ax, model in zip(axes.flat, models):
+    fig, axes = plt.subplots(rows, cols, figsize=(3.2 * cols, 2.8 * rows), squeeze=False, layout="constrained")
+    for ax in axes.flat[len(models):]:
+        ax.axis("off")
+    return fig, axes, list(zip(axes.flat, models))
+
+
+def test_curves(records_by_model: dict[str, list[dict]], path: Path, target: float) -> None:
+    """Test accuracy per epoch, one line per seed, one panel per model."""
+    plt = _plt()
+    fig, axes, panels = _panels(plt, records_by_model)
+    for ax, model in panels:
         for rec in records_by_model[model]:
             h = rec["epochs"]
             ax.plot([r["epoch"] for r in h], [r["test_acc"] for r in h], lw=1, label=f"seed {rec['seed']}")
         ax.axhline(target, color="k", ls="--", lw=0.7)
         ax.set_title(model)
-        ax.set_ylim(98.5, 99.8)
+        late = [r["test_acc"] for rec in records_by_model[model] for r in rec["epochs"][2:]]
+        ax.set_ylim(min(min(late) - 0.1, target - 0.3), max(max(late) + 0.1, target + 0.2))
         ax.set_xlabel("epoch")
         ax.grid(alpha=0.3)
-    for ax in axes.flat[len(models):]:
-        ax.axis("off")
     axes[0, 0].set_ylabel("test accuracy (%)")
     fig.suptitle(f"Test accuracy per epoch, every seed (dashed: {target:.2f} %)")
     _save(fig, path)
@@ -56,21 +63,16 @@ def test_curves(records_by_model: dict[str, list[dict]], path: Path, target: flo
 def train_vs_test(records_by_model: dict[str, list[dict]], path: Path) -> None:
     """Train against test accuracy of each model's first seed: where it under- or overfits."""
     plt = _plt()
-    models = [m for m, recs in records_by_model.items() if recs]
-    cols = min(4, len(models))
-    rows = (len(models) + cols - 1) // cols
-    fig, axes = plt.subplots(rows, cols, figsize=(3.2 * cols, 2.6 * rows), squeeze=False, sharey=True)
-    for ax, model in zip(axes.flat, models):
+    fig, axes, panels = _panels(plt, records_by_model)
+    for ax, model in panels:
         h = records_by_model[model][0]["epochs"]
         epochs = [r["epoch"] for r in h]
         ax.plot(epochs, [r["train_acc"] for r in h], label="train")
         ax.plot(epochs, [r["test_acc"] for r in h], label="test")
         ax.set_title(f"{model}, seed {records_by_model[model][0]['seed']}")
-        ax.set_ylim(96, 100)
+        ax.set_ylim(min(r["train_acc"] for r in h[1:]) - 0.3, 100)
         ax.set_xlabel("epoch")
         ax.grid(alpha=0.3)
-    for ax in axes.flat[len(models):]:
-        ax.axis("off")
     axes[0, 0].set_ylabel("accuracy (%)")
     axes[0, 0].legend()
     _save(fig, path)
