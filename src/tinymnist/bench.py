@@ -113,18 +113,73 @@ def time_baseline(model_name: str, data: MNIST, batches: int, warmup: int = 5) -
     return seen / (time.perf_counter() - start)
 
 
-def time_fast(model_name: str, data: MNIST, recipe: Recipe, batches: int, device, warmup: int = 5) -> float:
-    """Images per second of the project's pipeline on `batches` batches of `recipe.batch_size`."""
+def time_fast(model_name: str, data: MNIST, recipe: Recipe, batches: int, device, warmup: int = 5,
+              tweak=None, autocast: bool = False) -> float:
+    """Images per second of the project's pipeline on `batches` batches of `recipe.batch_size`.
+
+    `tweak(model) -> model` and `autocast` (bfloat16) are for trying variants in `options`.
+    """
     model = configure(create_model(model_name, dropout=recipe.dropout).to(device), recipe)
+    if tweak is not None:
+        model = tweak(model)
     optimizer = make_optimizer(model, recipe)
     n = recipe.batch_size
-    train_one_epoch(model, optimizer, data.train_images[: warmup * n], data.train_labels[: warmup * n], recipe)
+    ctx = torch.autocast(device.type, dtype=torch.bfloat16, enabled=autocast)
+    with ctx:
+        train_one_epoch(model, optimizer, data.train_images[: warmup * n], data.train_labels[: warmup * n], recipe)
     images, labels = data.train_images[: batches * n], data.train_labels[: batches * n]
     if device.type == "cuda":
         torch.cuda.synchronize()
     start = time.perf_counter()
-    train_one_epoch(model, optimizer, images, labels, recipe)  # ends with .item(): synchronised
+    with ctx:
+        train_one_epoch(model, optimizer, images, labels, recipe)  # ends with .item(): synchronised
     return len(labels) / (time.perf_counter() - start)
+
+
+def _dropout2d(model: nn.Module) -> nn.Module:
+    for name, child in model.named_children():
+        if type(child) is nn.Dropout:
+            setattr(model, name, nn.Dropout2d(child.p))
+        else:
+            _dropout2d(child)
+    return model
+
+
+def options(model_name: str, data: MNIST, device, images: int = 12800) -> list[dict]:
+    """The project pipeline's images/s under each speed option, on `model_name` as its recipe defines it.
+
+    Every variant trains on the same number of images; torch.compile's compile time is reported apart.
+    """
+    base = get_entry(model_name).recipe
+    variants = [
+        ("as the recipe: batch 64, nn.Dropout", {}, None, False),
+        ("FastDropout (same masks, cheaper sampling)", {"dropout_impl": "fast"}, None, False),
+        ("nn.Dropout2d (whole channels: another regulariser)", {}, _dropout2d, False),
+        ("no dropout", {"dropout": 0.0}, None, False),
+        ("FastDropout + channels_last", {"dropout_impl": "fast", "channels_last": True}, None, False),
+        ("FastDropout + bfloat16 autocast", {"dropout_impl": "fast"}, None, True),
+        ("FastDropout, batch 128", {"dropout_impl": "fast", "batch_size": 128}, None, False),
+        ("FastDropout, batch 256", {"dropout_impl": "fast", "batch_size": 256}, None, False),
+        ("no dropout, batch 256", {"dropout": 0.0, "batch_size": 256}, None, False),
+    ]
+    rows = []
+    for label, overrides, tweak, autocast in variants:
+        recipe = base.with_overrides(**overrides)
+        img_s = time_fast(model_name, data, recipe, max(images // recipe.batch_size, 10), device, tweak=tweak,
+                          autocast=autocast)
+        rows.append({"variant": label, "batch_size": recipe.batch_size, "img_s": round(img_s, 1)})
+    recipe = base.with_overrides(dropout_impl="fast")
+    start = time.perf_counter()
+    compiled = {}
+
+    def compile_model(model):
+        compiled["model"] = torch.compile(model)
+        return compiled["model"]
+
+    img_s = time_fast(model_name, data, recipe, images // recipe.batch_size, device, tweak=compile_model)
+    rows.append({"variant": "FastDropout + torch.compile (compile time excluded)", "batch_size": recipe.batch_size,
+                 "img_s": round(img_s, 1), "total_seconds_with_compile": round(time.perf_counter() - start, 1)})
+    return rows
 
 
 def train_flops(model_name: str) -> int:

@@ -273,6 +273,15 @@ def cmd_bench(args) -> None:
     data = load_mnist(args.data_dir).limit(args.limit).to(device)
     if args.save:
         _check_writable(Path(args.save).parent)
+    if args.options:
+        rows = bench.options(resolve_name(args.model), data, device)
+        res = {"model": resolve_name(args.model), "device": str(device), "options": rows}
+        _save_bench(args, res)
+        if args.json:
+            print(json.dumps(res, indent=1))
+        for r in rows:
+            print(f"{r['img_s']:8.0f} images/s  {r['variant']}")
+        return
     if args.epochs:
         res = bench.end_to_end(resolve_name("final"), args.reference, data, device, args.epochs)
         _save_bench(args, res)
@@ -390,6 +399,8 @@ def build_parser() -> Parser:
                    metavar="yes|no", help="override the memory layout")
     s.add_argument("--epochs", type=positive_int,
                    help="instead, time N whole epochs of the final model against the baseline")
+    s.add_argument("--options", action="store_true",
+                   help="instead, compare the project pipeline's speed options (dropout, layout, batch, compile)")
     s.add_argument("--reference", default="Model_6", help="the model the baseline trains with --epochs")
     s.add_argument("--save", metavar="FILE.json", help="also write the measurement to FILE.json as a record")
     s.add_argument("--limit", type=positive_int, help="use only the first N training and test images (smoke test)")

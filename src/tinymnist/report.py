@@ -164,6 +164,8 @@ def bench_tables(results: Path) -> str:
         "| measurement | project pipeline | baseline pipeline | ratio | record |",
         "|---|---:|---:|---:|---|",
     ]
+    options = [rec for rec in recs if "options" in rec]
+    recs = [rec for rec in recs if "options" not in rec]
     for rec in recs:
         if "fast_img_s" in rec:
             settings = ", ".join(f"{k}={v}" for k, v in rec["settings"].items())
@@ -179,10 +181,21 @@ def bench_tables(results: Path) -> str:
                 f"(baseline) | {rec['fast_seconds']:.1f} s | {rec['baseline_seconds']:.1f} s | "
                 f"**{rec['ratio']:.2f}x** | [{Path(rec['_path']).name}]({rec['_path']}) |"
             )
-    m = recs[0]["machine"]
+    for rec in options:
+        lines += ["", f"Speed options of the project pipeline on {rec['model']} "
+                      f"([{Path(rec['_path']).name}]({rec['_path']})):", "",
+                  "| variant | batch | images/s | vs the recipe |", "|---|---:|---:|---:|"]
+        first = rec["options"][0]["img_s"]
+        for row in rec["options"]:
+            extra = f" (with compiling: {row['total_seconds_with_compile']:.0f} s)" if "total_seconds_with_compile" in row \
+                else ""
+            lines.append(f"| {row['variant']}{extra} | {row['batch_size']} | {row['img_s']:,.0f} | "
+                         f"{row['img_s'] / first:.2f}x |")
+    everything = recs + options
+    m = everything[0]["machine"]
     lines += ["", f"Measured on: {m['cpu']}, {m['cores']} cores, {m['torch_threads']} torch threads, "
-                  f"{m['system']}, torch {recs[0]['torch']}. Commands: "
-                  + "; ".join(f"`{r['command']}`" for r in recs) + "."]
+                  f"{m['system']}, torch {everything[0]['torch']}. Commands: "
+                  + "; ".join(f"`{r['command']}`" for r in everything) + "."]
     return "\n".join(lines)
 
 
