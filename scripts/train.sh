@@ -5,4 +5,4 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/setup.sh
-exec tinymnist train Model_6 --out runs "$@"
+exec tinymnist train final --out runs "$@"

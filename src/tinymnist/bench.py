@@ -168,6 +168,16 @@ def options(model_name: str, data: MNIST, device, images: int = 12800) -> list[d
         img_s = time_fast(model_name, data, recipe, max(images // recipe.batch_size, 10), device, tweak=tweak,
                           autocast=autocast)
         rows.append({"variant": label, "batch_size": recipe.batch_size, "img_s": round(img_s, 1)})
+    threads = torch.get_num_threads()
+    if threads > 1:
+        recipe = base.with_overrides(dropout_impl="fast")
+        torch.set_num_threads(1)
+        try:
+            img_s = time_fast(model_name, data, recipe, images // recipe.batch_size, device)
+        finally:
+            torch.set_num_threads(threads)
+        rows.append({"variant": f"FastDropout, 1 thread instead of {threads}", "batch_size": recipe.batch_size,
+                     "img_s": round(img_s, 1)})
     recipe = base.with_overrides(dropout_impl="fast")
     start = time.perf_counter()
     compiled = {}

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -436,6 +437,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"tinymnist: error: {e}" if not str(e).startswith("tinymnist") else f"{e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print("tinymnist: interrupted", file=sys.stderr)
+        print("tinymnist: interrupted (an interrupted training run continues with --resume)", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # output piped into a reader that stopped early (`| head`): not an error of ours
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 1
     return 0
