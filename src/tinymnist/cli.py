@@ -194,6 +194,7 @@ def cmd_train(args) -> None:
             "val": args.val,
             "torch": torch.__version__,
             "device": str(device),
+            "threads": torch.get_num_threads(),
             "git_commit": git_commit(),
         }
         save_checkpoint(path.with_suffix(".pt"), args.model, model, recipe, seed=seed)
