@@ -159,3 +159,17 @@ def test_roles_name_one_final_and_at_most_one_tiny():
     assert set(roles) <= {"final", "tiny", None}
     final = next(r["name"] for r in rows if r["role"] == "final")
     assert json.loads(run_cli("summary", "final", "--json").stdout)["model"] == final
+
+
+def test_corrupt_data_file_fails_cleanly_and_writes_nothing(tmp_path, mnist_dir):
+    import shutil
+
+    data = tmp_path / "mnist"
+    shutil.copytree(mnist_dir, data)
+    target = data / "t10k-labels-idx1-ubyte.gz"
+    target.chmod(0o644)
+    target.write_bytes(target.read_bytes()[:-50])
+    out = tmp_path / "out"
+    proc = run_cli("train", "Model_1", "--epochs", "1", "--limit", "64", "--data-dir", str(data), "--out", str(out))
+    assert_clean_error(proc, "t10k-labels-idx1-ubyte.gz")
+    assert not out.exists()
