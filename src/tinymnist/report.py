@@ -143,6 +143,23 @@ def seed_detail(results: Path, model: str) -> str:
     return "\n".join(lines)
 
 
+def verdict_sentence(results: Path, model: str) -> str:
+    """One plain sentence: did `model` hold the target on each seed?"""
+    records = load_records(results, model)
+    if not records:
+        raise ReportError(f"no records for {model} in {results}/")
+    hold = REGISTRY[model].hold
+    held = [rec["seed"] for rec in records if verdict(rec["epochs"], hold=hold)["held"]]
+    best = max((r["test_acc"], rec["seed"], r["epoch"]) for rec in records for r in rec["epochs"])
+    reached = [rec["seed"] for rec in records if any(r["test_acc"] >= TARGET for r in rec["epochs"])]
+    return (
+        f"**{model} held >= {TARGET:.2f} % in each of its last {hold} epochs on {len(held)} of {len(records)} "
+        f"seeds** ({'seeds ' + ', '.join(map(str, held)) if held else 'none'}); it reached {TARGET:.2f} % in at "
+        f"least one epoch on {len(reached)} of {len(records)} seeds, and its best epoch on any seed was "
+        f"{best[0]:.2f} % (seed {best[1]}, epoch {best[2]})."
+    )
+
+
 def models_table() -> str:
     lines = ["| model | params | RF | target |", "|---|---:|---:|---|"]
     for name, entry in REGISTRY.items():
@@ -207,6 +224,8 @@ def section(key: str, results: Path) -> str:
         return seed_detail(results, arg)
     if kind == "seeds":
         return seeds_table(results)
+    if kind == "verdict":
+        return verdict_sentence(results, arg)
     if kind == "models":
         return models_table()
     if kind == "bench":
