@@ -6,17 +6,18 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/setup.sh
-# the reference progression (issue: foundation)
+# the reference progression
 tinymnist train Model_6 --seeds 1-5 --quiet
 for m in Model_1 Model_2 Model_3 Model_4 Model_5; do
   tinymnist train "$m" --seed 1 --quiet
 done
 # beyond the reference
 tinymnist train Model_7 --seeds 1-5 --quiet
-tinymnist train Model_8 --seeds 1-5 --quiet
-tinymnist train final --seed 1 --val 10000 --out results/val --quiet
+tinymnist train Model_8 --seed 1 --quiet
+tinymnist train Model_7 --seed 1 --val 10000 --out results/val --quiet
 # speed
 tinymnist bench Model_6 --save results/bench/1-same-network.json
 tinymnist bench Model_6 --batch-size 256 --save results/bench/2-same-network-batch256.json
 tinymnist bench --epochs 15 --save results/bench/3-end-to-end.json
+tinymnist bench Model_6 --options --save results/bench/4-options.json
 tinymnist report

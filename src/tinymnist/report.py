@@ -65,15 +65,20 @@ def load_records(results: Path, model: str) -> list[dict]:
     return sorted(records, key=lambda r: r["seed"])
 
 
+def require_records(results: Path, model: str) -> list[dict]:
+    records = load_records(results, model)
+    if not records:
+        raise ReportError(f"no records for {model} in {results}/")
+    return records
+
+
 def _best(history: list[dict], key: str) -> tuple[float, int]:
     row = max(history, key=lambda r: (r[key], -r["epoch"]))  # first epoch reaching the best value
     return row[key], row["epoch"]
 
 
 def step_results(results: Path, model: str) -> str:
-    records = load_records(results, model)
-    if not records:
-        raise ReportError(f"no records for {model} in {results}/")
+    records = require_records(results, model)
     rec = records[0]
     h = rec["epochs"]
     train, train_ep = _best(h, "train_acc")
@@ -130,9 +135,7 @@ def seeds_table(results: Path) -> str:
 
 
 def seed_detail(results: Path, model: str) -> str:
-    records = load_records(results, model)
-    if not records:
-        raise ReportError(f"no records for {model} in {results}/")
+    records = require_records(results, model)
     n = max(len(r["epochs"]) for r in records)
     head = "| seed | " + " | ".join(str(e) for e in range(1, n + 1)) + " | verdict |"
     lines = [head, "|---:|" + "---:|" * n + "---|"]
@@ -145,9 +148,7 @@ def seed_detail(results: Path, model: str) -> str:
 
 def verdict_sentence(results: Path, model: str) -> str:
     """One plain sentence: did `model` hold the target on each seed?"""
-    records = load_records(results, model)
-    if not records:
-        raise ReportError(f"no records for {model} in {results}/")
+    records = require_records(results, model)
     hold = REGISTRY[model].hold
     held = [rec["seed"] for rec in records if verdict(rec["epochs"], hold=hold)["held"]]
     best = max((r["test_acc"], rec["seed"], r["epoch"]) for rec in records for r in rec["epochs"])
@@ -158,6 +159,31 @@ def verdict_sentence(results: Path, model: str) -> str:
         f"least one epoch on {len(reached)} of {len(records)} seeds, and its best epoch on any seed was "
         f"{best[0]:.2f} % (seed {best[1]}, epoch {best[2]})."
     )
+
+
+def val_section(results: Path, model: str) -> str:
+    """What a held-out validation split says, next to the test set, for a `--val` run of `model`."""
+    records = require_records(results / "val", model)
+    rec = records[0]
+    h = rec["epochs"]
+    by_val = max(h, key=lambda r: (r["val_acc"], r["epoch"]))  # ties: the later epoch
+    by_test = max(h, key=lambda r: (r["test_acc"], r["epoch"]))
+    lines = [
+        f"{model}, seed {rec['seed']}, trained on the first {60000 - rec['val']:,} training images with the last "
+        f"{rec['val']:,} held out ([record]({rec['_path']})):",
+        "",
+        "| epoch | " + " | ".join(str(r["epoch"]) for r in h) + " |",
+        "|---|" + "---:|" * len(h),
+        "| validation acc | " + " | ".join(f"{r['val_acc']:.2f}" for r in h) + " |",
+        "| test acc | " + " | ".join(f"{r['test_acc']:.2f}" for r in h) + " |",
+        "",
+        f"Choosing the epoch by validation accuracy picks epoch {by_val['epoch']} (validation {by_val['val_acc']:.2f} %),"
+        f" whose test accuracy is {by_val['test_acc']:.2f} %; choosing by test accuracy would pick epoch "
+        f"{by_test['epoch']} ({by_test['test_acc']:.2f} %). The last {HOLD} epochs average "
+        f"{statistics.mean(r['val_acc'] for r in h[-HOLD:]):.2f} % on validation and "
+        f"{statistics.mean(r['test_acc'] for r in h[-HOLD:]):.2f} % on test.",
+    ]
+    return "\n".join(lines)
 
 
 def models_table() -> str:
@@ -224,6 +250,8 @@ def section(key: str, results: Path) -> str:
         return seed_detail(results, arg)
     if kind == "seeds":
         return seeds_table(results)
+    if kind == "val":
+        return val_section(results, arg)
     if kind == "verdict":
         return verdict_sentence(results, arg)
     if kind == "models":
