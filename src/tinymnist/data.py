@@ -9,13 +9,14 @@ from __future__ import annotations
 import gzip
 import hashlib
 import os
-import tempfile
 import urllib.request
 import zlib
 from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
+
+from .files import atomic_write_bytes
 
 MEAN, STD = 0.1307, 0.3081  # pixel mean and std of the training set, scaled to [0, 1]
 
@@ -131,16 +132,7 @@ def download(folder: Path, name: str, sha256: str | None, mirrors=MIRRORS, timeo
             errors.append(f"{url}: {getattr(e, 'reason', e)}")
             continue
         target = folder / f"{name}.gz"
-        fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{name}.", suffix=".part")
-        try:
-            with os.fdopen(fd, "wb") as f:
-                f.write(raw)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, target)  # a reader sees either no file or the whole verified file
-        finally:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
+        atomic_write_bytes(target, raw)  # a reader sees either no file or the whole verified file
         return target
     raise DataError(
         f"MNIST file {name} is not in {folder} and could not be downloaded ({'; '.join(errors) or 'no mirrors'}); "

@@ -11,12 +11,12 @@ import json
 import os
 import pickle
 import subprocess
-import tempfile
 from pathlib import Path
 
 import torch
 from torch import nn
 
+from .files import atomic_write_bytes
 from .model import REGISTRY, UnknownModelError, create_model, get_entry
 from .recipe import Recipe
 
@@ -25,20 +25,6 @@ RESULTS_DIR = Path("results")
 
 class CheckpointError(Exception):
     pass
-
-
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
 
 
 def write_json(path: Path, obj) -> None:

@@ -272,7 +272,7 @@ def render_readme(text: str, results: Path) -> str:
 
 def update_readme(readme: Path, results: Path, write: bool = True) -> bool:
     """Regenerates the README's sections; returns whether anything differed (and wrote it, if `write`)."""
-    from .records import atomic_write_bytes
+    from .files import atomic_write_bytes
 
     try:
         text = readme.read_text()
