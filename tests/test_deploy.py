@@ -120,8 +120,21 @@ def test_shipped_weights_reproduce_their_record(role, mnist_dir):
         return
     meta = json.loads((WEIGHTS_DIR / f"{names[0]}.json").read_text())
     record = json.loads((ROOT / meta["record"]).read_text())
-    proc = run_cli("eval", names[0], "--json", "--data-dir", str(mnist_dir))
+    proc = run_cli("eval", role, "--json", "--data-dir", str(mnist_dir))  # a role works as a model name
     assert proc.returncode == 0, proc.stderr
     res = json.loads(proc.stdout)
     assert res["accuracy"] == record["epochs"][-1]["test_acc"] and res["correct"] == record["epochs"][-1]["test_correct"]
     assert res["total"] == 10_000 and record["seed"] == meta["seed"]
+
+
+def test_shipped_final_model_reads_pictures_of_digits(tmp_path, digits):
+    images, labels = digits
+    files = []
+    for i in range(10):
+        path = tmp_path / f"d{i}.{'png' if i % 2 else 'jpg'}"
+        photo_of(images[i], dark_ink=i % 3 != 0, colour=i % 2 == 0).save(path)
+        files.append(str(path))
+    proc = run_cli("predict", "final", *files, "--json")
+    assert proc.returncode == 0, proc.stderr
+    predicted = [r["digit"] for r in json.loads(proc.stdout)]
+    assert sum(p == t for p, t in zip(predicted, labels[:10].tolist())) >= 9

@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from .files import atomic_write_bytes
-from .model import REGISTRY, UnknownModelError, create_model, get_entry
+from .model import REGISTRY, ROLES, UnknownModelError, create_model, get_entry
 from .recipe import Recipe
 
 RESULTS_DIR = Path("results")
@@ -108,9 +108,13 @@ WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
 
 
 def resolve_checkpoint(arg: str) -> Path:
-    """A checkpoint path as given, or for a model name the weights shipped with the package."""
-    if arg in REGISTRY:
-        path = WEIGHTS_DIR / f"{arg}.pt"
+    """A checkpoint path as given, or for a model name or role the weights shipped with the package."""
+    if arg in REGISTRY or arg in ROLES:
+        try:
+            name = get_entry(arg).name
+        except UnknownModelError:  # a role no model holds yet
+            name = arg
+        path = WEIGHTS_DIR / f"{name}.pt"
         if not path.is_file():
             shipped = sorted(p.stem for p in WEIGHTS_DIR.glob("*.pt")) or ["none"]
             raise CheckpointError(f"no shipped weights for {arg} (shipped: {', '.join(shipped)})")
