@@ -174,7 +174,7 @@ def cmd_train(args) -> None:
               f"{len(data.test_labels):,} test images, {recipe.epochs} epochs", flush=True)
         on_batch, print_epoch = _progress_hooks(recipe.epochs, seed)
 
-        def on_epoch(row, state):
+        def on_epoch(row, state, print_epoch=print_epoch, state_path=state_path):
             print_epoch(row)
             save_state(state_path, args.model, recipe, state)  # the last completed epoch survives a kill
 

@@ -79,7 +79,8 @@ def classify(model: torch.nn.Module, paths: list[Path], device: torch.device | s
 
 
 def to_mnist_checked(path: Path) -> torch.Tensor:
+    image = load_grey(path)  # its errors name the file already
     try:
-        return to_mnist(load_grey(path))
+        return to_mnist(image)
     except ImageError as e:
-        raise ImageError(str(e) if str(path) in str(e) else f"{path}: {e}") from None
+        raise ImageError(f"{path}: {e}") from None
