@@ -26,7 +26,7 @@ def test_summary_json_and_table():
     assert (info["model"], info["params"], info["rf"]) == ("Model_6", 7624, 28)
     assert {"name", "type", "output_shape", "params", "rf", "jump"} <= set(info["layers"][0])
     table = run_cli("summary", "Model_6").stdout
-    assert "| conv1 | conv 3x3 1->8, no bias, ReLU, BN, dropout 0.05 | 8,26,26 | 72 + 16 | 3 | 1 |" in table
+    assert "| conv1 | conv 3x3 1->8, no bias, ReLU, BN, dropout 0.05 | 8,26,26 | 72 + 16 | 3 | 1 | 48,672 |" in table
     assert "**7,624**" in table
 
 

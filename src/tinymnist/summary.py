@@ -121,12 +121,12 @@ def format_summary(info: dict) -> str:
         f"{info['model']}: {info['params']:,} parameters, receptive field {info['rf']}, "
         f"{info['macs']:,} multiply-adds per image (forward)",
         "",
-        "| layer | type | output (C,H,W) | params | RF | jump |",
-        "|---|---|---|---:|---:|---:|",
+        "| layer | type | output (C,H,W) | params | RF | jump | mult-adds |",
+        "|---|---|---|---:|---:|---:|---:|",
     ]
     for r in info["layers"]:
         shape = ",".join(str(d) for d in r["output_shape"])
         params = " + ".join(f"{n:,}" for n in r["param_parts"]) or "0"
-        lines.append(f"| {r['name']} | {r['type']} | {shape} | {params} | {r['rf']} | {r['jump']} |")
-    lines.append(f"| **total** | | | **{info['params']:,}** | **{info['rf']}** | |")
+        lines.append(f"| {r['name']} | {r['type']} | {shape} | {params} | {r['rf']} | {r['jump']} | {r['macs']:,} |")
+    lines.append(f"| **total** | | | **{info['params']:,}** | **{info['rf']}** | | **{info['macs']:,}** |")
     return "\n".join(lines)
