@@ -22,7 +22,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from .data import MEAN, STD, MNIST
 from .engine import configure, evaluate, fit, make_optimizer, train_one_epoch
-from .model import create_model, get_entry
+from .model import create_model, get_entry, replace_dropout
 from .recipe import Augment, Recipe
 from .summary import summary_dict
 
@@ -136,15 +136,6 @@ def time_fast(model_name: str, data: MNIST, recipe: Recipe, batches: int, device
     return len(labels) / (time.perf_counter() - start)
 
 
-def _dropout2d(model: nn.Module) -> nn.Module:
-    for name, child in model.named_children():
-        if type(child) is nn.Dropout:
-            setattr(model, name, nn.Dropout2d(child.p))
-        else:
-            _dropout2d(child)
-    return model
-
-
 def options(model_name: str, data: MNIST, device, images: int = 12800) -> list[dict]:
     """The project pipeline's images/s under each speed option, on `model_name` as its recipe defines it.
 
@@ -154,7 +145,7 @@ def options(model_name: str, data: MNIST, device, images: int = 12800) -> list[d
     variants = [
         ("as the recipe: batch 64, nn.Dropout", {}, None, False),
         ("FastDropout (same masks, cheaper sampling)", {"dropout_impl": "fast"}, None, False),
-        ("nn.Dropout2d (whole channels: another regulariser)", {}, _dropout2d, False),
+        ("nn.Dropout2d (whole channels: another regulariser)", {}, lambda m: replace_dropout(m, nn.Dropout2d), False),
         ("no dropout", {"dropout": 0.0}, None, False),
         ("FastDropout + channels_last", {"dropout_impl": "fast", "channels_last": True}, None, False),
         ("FastDropout + bfloat16 autocast", {"dropout_impl": "fast"}, None, True),

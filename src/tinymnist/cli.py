@@ -26,7 +26,6 @@ from .records import (
     load_checkpoint,
     load_state,
     record_path,
-    resolve_checkpoint,
     save_checkpoint,
     save_state,
     write_json,
@@ -222,7 +221,7 @@ def _check_writable(out: Path) -> None:
 
 def cmd_eval(args) -> None:
     device = pick_device(args.device)
-    name, model, ckpt = load_checkpoint(resolve_checkpoint(args.checkpoint), device)
+    name, model, ckpt = load_checkpoint(args.checkpoint, device)
     data = load_mnist(args.data_dir).limit(args.limit).to(device)
     stats = evaluate(model, data.test_images, data.test_labels)
     result = {
@@ -244,7 +243,7 @@ def cmd_predict(args) -> None:
     from .predict import classify
 
     device = pick_device(args.device)
-    _, model, _ = load_checkpoint(resolve_checkpoint(args.checkpoint), device)
+    _, model, _ = load_checkpoint(args.checkpoint, device)
     results = classify(model, [Path(p) for p in args.images], device)
     if args.json:
         print(json.dumps(results, indent=1))
@@ -256,7 +255,7 @@ def cmd_predict(args) -> None:
 def cmd_export(args) -> None:
     from .export import export_onnx, verify_onnx
 
-    name, model, _ = load_checkpoint(resolve_checkpoint(args.checkpoint), "cpu")
+    name, model, _ = load_checkpoint(args.checkpoint, "cpu")
     out = Path(args.onnx)
     export_onnx(model, out)
     data = load_mnist(args.data_dir).limit(args.limit)
@@ -405,9 +404,7 @@ def build_parser() -> Parser:
                    help="instead, compare the project pipeline's speed options (dropout, layout, batch, compile)")
     s.add_argument("--reference", default="Model_6", help="the model the baseline trains with --epochs")
     s.add_argument("--save", metavar="FILE.json", help="also write the measurement to FILE.json as a record")
-    s.add_argument("--limit", type=positive_int, help="use only the first N training and test images (smoke test)")
-    s.add_argument("--data-dir", help="folder with the MNIST IDX files (default $TINYMNIST_DATA, then ./data/mnist)")
-    s.add_argument("--device", default="auto", help="auto (CUDA, then MPS, then CPU), cpu, cuda or mps")
+    _data_args(s)
     s.add_argument("--json", action="store_true")
     s.set_defaults(func=cmd_bench)
 

@@ -111,14 +111,18 @@ class FastDropout(nn.Module):
         return torch.where(keep, x * (1.0 / (1.0 - self.p)), 0.0)
 
 
-def use_fast_dropout(model: nn.Module) -> nn.Module:
-    """Replaces every nn.Dropout in `model` by FastDropout with the same p (no parameters change)."""
+def replace_dropout(model: nn.Module, make) -> nn.Module:
+    """Replaces every nn.Dropout in `model` by `make(p)` with the same p (no parameters change)."""
     for name, child in model.named_children():
         if type(child) is nn.Dropout:
-            setattr(model, name, FastDropout(child.p))
+            setattr(model, name, make(child.p))
         else:
-            use_fast_dropout(child)
+            replace_dropout(child, make)
     return model
+
+
+def use_fast_dropout(model: nn.Module) -> nn.Module:
+    return replace_dropout(model, FastDropout)
 
 
 class LogSoftmaxHead(nn.Module):

@@ -56,8 +56,11 @@ def save_checkpoint(path: Path, model_name: str, model: nn.Module, recipe: Recip
 
 
 def load_checkpoint(path: str | os.PathLike, device: str | torch.device = "cpu") -> tuple[str, nn.Module, dict]:
-    """Loads a checkpoint safely (weights only: no pickled code runs) and rebuilds its model."""
-    path = Path(path)
+    """Loads a checkpoint safely (weights only: no pickled code runs) and rebuilds its model.
+
+    `path` may also be a model name or role, meaning the weights shipped with the package.
+    """
+    path = resolve_checkpoint(str(path))
     if not path.is_file():
         raise CheckpointError(f"checkpoint {path} does not exist")
     try:

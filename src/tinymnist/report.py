@@ -312,7 +312,6 @@ def draw_figures(results: Path, fig_dir: Path, data_dir=None) -> list[Path]:
 
 def ship_weights(results: Path, weights_dir: Path) -> list[Path]:
     """Copies the seed-1 checkpoint of the final and the tiny model into the package, with where it came from."""
-    import json as _json
     import shutil
 
     from .records import write_json
@@ -325,7 +324,7 @@ def ship_weights(results: Path, weights_dir: Path) -> list[Path]:
         record = results / entry.name / "seed1.json"
         if not (src.is_file() and record.is_file()):
             raise ReportError(f"no seed-1 checkpoint and record of the {entry.role} model {entry.name} in {results}/")
-        rec = _json.loads(record.read_text())
+        rec = json.loads(record.read_text())
         weights_dir.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(src, weights_dir / f"{entry.name}.pt")
         write_json(weights_dir / f"{entry.name}.json", {
