@@ -6,6 +6,7 @@ business (the CLI layers a progress bar and records on top through the `on_batch
 
 from __future__ import annotations
 
+import copy
 import math
 import random
 import time
@@ -15,6 +16,7 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
 from .augment import augment_batch
 from .data import MEAN, STD, MNIST
@@ -72,6 +74,19 @@ def make_optimizer(model: nn.Module, recipe: Recipe) -> torch.optim.Optimizer:
     raise ValueError(f"unknown optimizer {recipe.optimizer!r}; valid: sgd, adam")
 
 
+def make_ema(model: nn.Module, recipe: Recipe) -> AveragedModel | None:
+    """The exponential moving average of the weights and BatchNorm statistics, updated after every step.
+
+    It is what gets evaluated and saved when `recipe.ema` > 0: late in training it averages the last few
+    hundred steps, so it is steadier from epoch to epoch than the weights of any single step.
+    """
+    if not recipe.ema:
+        return None
+    if not 0 < recipe.ema < 1:
+        raise ValueError(f"ema must be between 0 and 1 (a decay per step), not {recipe.ema}")
+    return AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(recipe.ema), use_buffers=True)
+
+
 @dataclass
 class EpochStats:
     loss: float  # mean cross-entropy per image
@@ -93,11 +108,12 @@ def train_one_epoch(
     on_batch: BatchHook | None = None,
     report_every: int = 25,
     lr_at_step: Callable[[float], float] | None = None,
+    ema: AveragedModel | None = None,
 ) -> EpochStats:
     """One pass over the training tensors in a fresh random order, in batches of `recipe.batch_size`.
 
     `lr_at_step(fraction of the epoch done)` sets the learning rate before each step, for schedules that
-    change within an epoch.
+    change within an epoch; `ema` (see `make_ema`) is updated after each step.
     """
     model.train()
     n, bs = len(images), recipe.batch_size
@@ -116,6 +132,8 @@ def train_one_epoch(
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
+        if ema is not None:
+            ema.update_parameters(model)
         loss_sum += loss.detach() * len(idx)
         correct += (out.argmax(1) == y).sum()
         if on_batch is not None and (step == 0 or (step + 1) % report_every == 0 or step + 1 == steps):
@@ -143,22 +161,30 @@ class Diverged(Exception):
     """The training loss became NaN or infinite; the state of the last good epoch is what remains."""
 
 
-def training_state(model: nn.Module, optimizer: torch.optim.Optimizer, history: list[dict]) -> dict:
+def training_state(
+    model: nn.Module, optimizer: torch.optim.Optimizer, history: list[dict], ema: AveragedModel | None = None
+) -> dict:
     """Everything needed to continue a run exactly where it stopped (only tensors and plain data)."""
     state = {
         "model": {k: v.detach().cpu().clone() for k, v in model.state_dict().items()},
-        "optimizer": optimizer.state_dict(),
+        "optimizer": copy.deepcopy(optimizer.state_dict()),  # a snapshot, not the live momentum buffers
         "history": list(history),
         "rng": torch.get_rng_state(),
     }
+    if ema is not None:
+        state["ema"] = {k: v.detach().cpu().clone() for k, v in ema.state_dict().items()}
     if torch.cuda.is_available():
         state["cuda_rng"] = torch.cuda.get_rng_state_all()
     return state
 
 
-def restore_state(model: nn.Module, optimizer: torch.optim.Optimizer, state: dict) -> list[dict]:
+def restore_state(
+    model: nn.Module, optimizer: torch.optim.Optimizer, state: dict, ema: AveragedModel | None = None
+) -> list[dict]:
     model.load_state_dict(state["model"])
     optimizer.load_state_dict(state["optimizer"])
+    if ema is not None:
+        ema.load_state_dict(state["ema"])
     torch.set_rng_state(state["rng"])
     if "cuda_rng" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda_rng"])
@@ -181,11 +207,14 @@ def fit(
 
     With `resume` (a `training_state`), continues from the epoch after the last one it holds, with the
     same random stream, so the result equals that of an uninterrupted run. Raises `Diverged` when the
-    training loss stops being finite.
+    training loss stops being finite. With `recipe.ema`, the moving average is what is evaluated, and
+    `model` ends holding it.
     """
     configure(model, recipe)
     optimizer = make_optimizer(model, recipe)
-    history = restore_state(model, optimizer, resume) if resume else []
+    ema = make_ema(model, recipe)
+    evaluated = model if ema is None else ema.module
+    history = restore_state(model, optimizer, resume, ema) if resume else []
     for epoch in range(len(history), recipe.epochs):
         lr = lr_at(recipe, epoch)
         for group in optimizer.param_groups:
@@ -193,15 +222,15 @@ def fit(
         start = time.perf_counter()
         per_step = (lambda f, e=epoch: lr_at(recipe, e + f)) if recipe.schedule == "onecycle" else None
         train = train_one_epoch(
-            model, optimizer, data.train_images, data.train_labels, recipe, on_batch, lr_at_step=per_step
+            model, optimizer, data.train_images, data.train_labels, recipe, on_batch, lr_at_step=per_step, ema=ema
         )
         if not math.isfinite(train.loss):
             raise Diverged(f"the training loss became {train.loss} in epoch {epoch + 1}")
         row = {"epoch": epoch + 1, "train_loss": round(train.loss, 6), "train_acc": round(train.acc, 4)}
         if data.val_images is not None:
-            val = evaluate(model, data.val_images, data.val_labels, recipe.eval_batch_size)
+            val = evaluate(evaluated, data.val_images, data.val_labels, recipe.eval_batch_size)
             row.update(val_loss=round(val.loss, 6), val_acc=round(val.acc, 4), val_correct=val.correct)
-        test = evaluate(model, data.test_images, data.test_labels, recipe.eval_batch_size)
+        test = evaluate(evaluated, data.test_images, data.test_labels, recipe.eval_batch_size)
         row.update(
             test_loss=round(test.loss, 6),
             test_acc=round(test.acc, 4),
@@ -211,5 +240,7 @@ def fit(
         )
         history.append(row)
         if on_epoch is not None:
-            on_epoch(row, training_state(model, optimizer, history))
+            on_epoch(row, training_state(model, optimizer, history, ema))
+    if ema is not None:
+        model.load_state_dict(ema.module.state_dict())
     return history

@@ -277,8 +277,7 @@ def bn_block(cin: int, cout: int, k: int = 3, padding: int = 0) -> nn.Sequential
 @register(
     FAST,
     "capacity moved from the 1x1 layers after GAP into a fifth 3x3 convolution; one-cycle SGD, no dropout",
-    role="final",  # the most accurate model so far (see the README), though not yet at its target
-)
+    )
 class Model_7(nn.Sequential):
     """Step 7, capacity where it pays, and a cheaper recipe.
 
@@ -325,6 +324,39 @@ class Model_8(nn.Sequential):
                 conv4=bn_block(12, 14),  # (B, 14, 8, 8)    RF 14
                 gap=nn.AvgPool2d(8),  # (B, 14, 1, 1)    RF 28
                 fc=conv_block(14, 10, 1, bn=False, dropout=0.0, relu=False),  # (B, 10, 1, 1)
+                out=LogSoftmaxHead(),
+            )
+        )
+
+
+@register(
+    FAST.with_overrides(ema=0.999),
+    "max-pool straight after the first convolution, the width after it; evaluate a moving average of the weights",
+    role="final",  # meets target 1 (see the README)
+)
+class Model_9(nn.Sequential):
+    """Step 9, pool early, average the weights.
+
+    Model_7 spends three quarters of its multiply-adds on one 8->12 convolution at 24x24, and still ends
+    each run with its test accuracy moving by 0.1 % from epoch to epoch. Here the max-pool comes right after
+    the first convolution (RF 3): the same five 3x3 convolutions and the same parameters then work at 13x13
+    and below, at about half the cost of a step, and their receptive fields cover more of the digit. The
+    test accuracy is that of an exponential moving average of the weights (decay 0.999 per step, about two
+    epochs), which smooths the last epochs' step-to-step noise.
+    Params: 7,568. RF: 28.
+    """
+
+    def __init__(self, dropout: float = 0.0):
+        super().__init__(
+            OrderedDict(
+                conv1=bn_block(1, 8),  # (B, 8, 26, 26)   RF 3
+                pool1=nn.MaxPool2d(2),  # (B, 8, 13, 13)   RF 4
+                conv2=bn_block(8, 12),  # (B, 12, 11, 11)  RF 8
+                conv3=bn_block(12, 16),  # (B, 16, 9, 9)    RF 12
+                conv4=bn_block(16, 16),  # (B, 16, 7, 7)    RF 16
+                conv5=bn_block(16, 16),  # (B, 16, 5, 5)    RF 20
+                gap=nn.AvgPool2d(5),  # (B, 16, 1, 1)    RF 28
+                fc=conv_block(16, 10, 1, bn=False, dropout=0.0, relu=False),  # (B, 10, 1, 1)
                 out=LogSoftmaxHead(),
             )
         )

@@ -47,6 +47,7 @@ class Recipe:
     augment: Augment | None = None  # None trains on the images as they are
     dropout_impl: str = "torch"  # "torch": nn.Dropout; "fast": the same element-wise dropout, cheaper masks on CPU
     channels_last: bool = False  # NHWC memory layout for convolutions (see the Performance section of the README)
+    ema: float = 0.0  # > 0: evaluate and save an exponential moving average of the weights, this decay per step
     eval_batch_size: int = 1000  # evaluation has no gradients: large batches are cheaper
 
     def with_overrides(self, **overrides: Any) -> Recipe:
