@@ -6,22 +6,27 @@ import subprocess
 import sys
 import time
 
+import pytest
+
 from conftest import ROOT, run_cli
 
-ARGS = ["Model_6", "--epochs", "4", "--limit", "384", "--seed", "3", "--device", "cpu", "--quiet"]
+OPTIONS = ["--epochs", "4", "--limit", "384", "--seed", "3", "--device", "cpu", "--quiet"]
+ARGS = ["Model_6", *OPTIONS]
 
 
 def epochs_without_timings(path):
     return [{k: v for k, v in e.items() if k != "seconds"} for e in json.loads(path.read_text())["epochs"]]
 
 
-def test_killed_run_resumes_to_the_same_result(tmp_path, mnist_dir):
+@pytest.mark.parametrize("model", ["Model_6", "Model_9"])  # with dropout; with a moving average of the weights
+def test_killed_run_resumes_to_the_same_result(tmp_path, mnist_dir, model):
+    args = [model, *OPTIONS]
     whole, broken = tmp_path / "whole", tmp_path / "broken"
-    assert run_cli("train", *ARGS, "--data-dir", str(mnist_dir), "--out", str(whole)).returncode == 0
+    assert run_cli("train", *args, "--data-dir", str(mnist_dir), "--out", str(whole)).returncode == 0
 
-    state = broken / "Model_6" / "seed3.state.pt"
+    state = broken / model / "seed3.state.pt"
     proc = subprocess.Popen(
-        [sys.executable, "-m", "tinymnist", "train", *ARGS, "--data-dir", str(mnist_dir), "--out", str(broken)],
+        [sys.executable, "-m", "tinymnist", "train", *args, "--data-dir", str(mnist_dir), "--out", str(broken)],
         cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )
     deadline = time.time() + 300
@@ -29,17 +34,17 @@ def test_killed_run_resumes_to_the_same_result(tmp_path, mnist_dir):
         time.sleep(0.05)
     proc.send_signal(signal.SIGKILL)  # no chance to clean up
     proc.wait()
-    assert state.exists() and not (broken / "Model_6" / "seed3.json").exists()
+    assert state.exists() and not (broken / model / "seed3.json").exists()
 
-    resumed = run_cli("train", *ARGS, "--data-dir", str(mnist_dir), "--out", str(broken), "--resume")
+    resumed = run_cli("train", *args, "--data-dir", str(mnist_dir), "--out", str(broken), "--resume")
     assert resumed.returncode == 0, resumed.stderr
-    assert "resuming Model_6 seed 3 after epoch" in resumed.stdout
-    assert epochs_without_timings(broken / "Model_6" / "seed3.json") == epochs_without_timings(
-        whole / "Model_6" / "seed3.json"
+    assert f"resuming {model} seed 3 after epoch" in resumed.stdout
+    assert epochs_without_timings(broken / model / "seed3.json") == epochs_without_timings(
+        whole / model / "seed3.json"
     )
     assert not state.exists()  # a finished run keeps only its record and checkpoint
 
-    again = run_cli("train", *ARGS, "--data-dir", str(mnist_dir), "--out", str(broken), "--resume")
+    again = run_cli("train", *args, "--data-dir", str(mnist_dir), "--out", str(broken), "--resume")
     assert again.returncode == 0 and "already complete" in again.stdout
 
 
