@@ -1,8 +1,19 @@
 import json
+from pathlib import Path
 
 import pytest
 
-from tinymnist.report import ReportError, bench_tables, epoch_ranges, render_readme, verdict
+from tinymnist.report import (
+    GOALS,
+    ReportError,
+    assess,
+    bench_tables,
+    epoch_ranges,
+    load_records,
+    render_readme,
+    roles_from_records,
+    verdict,
+)
 
 
 def history(accs):
@@ -52,3 +63,45 @@ def test_smoke_runs_are_not_results(tmp_path):
     (folder / "seed1.json").write_text(json.dumps({"seed": 1, "limit": 500, "params": 1, "epochs": history([50])}))
     with pytest.raises(ReportError, match="no records"):
         render_readme("<!-- BEGIN step:Model_6 -->\n<!-- END step:Model_6 -->", tmp_path)
+
+
+def records_of(tmp_path, model, params, per_seed):
+    folder = tmp_path / model
+    folder.mkdir()
+    for seed, accs in enumerate(per_seed, 1):
+        (folder / f"seed{seed}.json").write_text(json.dumps({"seed": seed, "params": params, "epochs": history(accs)}))
+
+
+@pytest.mark.parametrize(
+    "last, met",
+    [
+        ([99.5, 99.5, 99.5, 99.5, 99.5], True),
+        ([99.5, 99.5, 99.5, 99.5, 99.49], False),  # the mean of 99.498 rounds to 99.50 but is below it
+        ([99.39, 99.6, 99.6, 99.6, 99.6], False),  # a high mean does not excuse one epoch under 99.40
+    ],
+)
+def test_final_goal_needs_every_seed_and_an_unrounded_mean(tmp_path, last, met):
+    good = [99.0] * 10 + [99.5] * 5
+    records_of(tmp_path, "Model_9", 7568, [good] * 4 + [[99.0] * 10 + last])
+    assert assess(load_records(tmp_path, "Model_9"), GOALS[0])["met"] is met
+    assert roles_from_records(tmp_path)["final"] == ("Model_9" if met else None)
+
+
+def test_goals_need_five_seeds_and_the_parameter_budget(tmp_path):
+    records_of(tmp_path, "Model_8", 3738, [[99.6] * 15] * 4)  # held, but on four seeds only
+    records_of(tmp_path, "Model_9", 7568, [[99.6] * 15] * 5)  # held on five, but over the tiny budget
+    assert roles_from_records(tmp_path) == {"final": "Model_9", "tiny": None}
+
+
+def test_roles_in_the_registry_follow_the_committed_records(monkeypatch):
+    from conftest import ROOT
+    from tinymnist.model import REGISTRY
+
+    monkeypatch.chdir(ROOT)
+    expected = roles_from_records(Path("results"))
+    for role, model in expected.items():
+        holders = [e.name for e in REGISTRY.values() if e.role == role]
+        if model is not None:
+            assert holders == [model], (role, holders, model)
+        else:
+            assert len(holders) <= 1  # no model meets the goal: the role may mark the closest one, or nobody

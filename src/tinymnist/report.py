@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import re
 import statistics
+from dataclasses import dataclass
 from pathlib import Path
 
 from .model import REGISTRY, create_model
@@ -16,6 +17,27 @@ from .summary import format_summary, summary_dict
 
 TARGET = 99.40  # test accuracy (percent) the exercise asks to hold
 HOLD = 5  # ... in each of the last HOLD epochs (the reference held it in epochs 11 to 15)
+
+
+
+
+@dataclass(frozen=True)
+class Goal:
+    """A target of the project for a role, judged over a model's full-data records."""
+
+    role: str
+    max_params: int
+    hold: int  # test accuracy >= TARGET in each of the last `hold` epochs, on every seed
+    min_mean: float | None = None  # and the mean of those last-`hold` accuracies over all seeds at least this
+    seeds: int = 5  # the fewest seeds that count
+
+    def describe(self) -> str:
+        mean = f", mean of those >= {self.min_mean:.2f} %" if self.min_mean else ""
+        return (f"{self.role}: <= {self.max_params:,} params, >= {TARGET:.2f} % in each of the last {self.hold} "
+                f"epochs on every seed (>= {self.seeds} seeds){mean}")
+
+
+GOALS = (Goal("final", 7_999, hold=5, min_mean=99.50), Goal("tiny", 4_000, hold=3))
 
 
 class ReportError(Exception):
@@ -75,6 +97,66 @@ def require_records(results: Path, model: str) -> list[dict]:
 def _best(history: list[dict], key: str) -> tuple[float, int]:
     row = max(history, key=lambda r: (r[key], -r["epoch"]))  # first epoch reaching the best value
     return row[key], row["epoch"]
+
+
+def assess(records: list[dict], goal: Goal) -> dict:
+    """How `records` (one model, several seeds) fare against `goal`; the mean is not rounded before judging."""
+    held = sum(verdict(rec["epochs"], hold=goal.hold)["held"] for rec in records)
+    lasts = [r["test_acc"] for rec in records for r in rec["epochs"][-goal.hold:]]
+    mean = statistics.mean(lasts) if lasts else 0.0
+    params = records[0]["params"] if records else 0
+    met = (
+        bool(records) and len(records) >= goal.seeds and held == len(records) and params <= goal.max_params
+        and (goal.min_mean is None or mean >= goal.min_mean)
+    )
+    return {"seeds": len(records), "held": held, "mean": mean, "params": params, "met": met}
+
+
+def roles_from_records(results: Path) -> dict[str, str | None]:
+    """Which model each role should go to, by the records: "final" to the model that meets its goal with
+    the highest mean, "tiny" to the smallest that meets its goal; None when no model does."""
+    roles: dict[str, str | None] = {}
+    for goal in GOALS:
+        met = [(name, assess(load_records(results, name), goal)) for name in REGISTRY]
+        met = [(name, a) for name, a in met if a["met"]]
+        key = (lambda item: -item[1]["mean"]) if goal.role == "final" else (lambda item: item[1]["params"])
+        roles[goal.role] = min(met, key=key)[0] if met else None
+    return roles
+
+
+def targets_table(results: Path) -> str:
+    """Each goal with the model that holds its role (else the closest candidate), and the stretch figures."""
+    records = {name: load_records(results, name) for name in REGISTRY}
+
+    def row(label: str, name: str, a: dict, met: str) -> str:
+        return (f"| {label} | {name} ({a['params']:,} params) | {a['seeds']} | {a['held']} of {a['seeds']} | "
+                f"{a['mean']:.3f} | {met} |")
+
+    lines = ["| target | model | seeds | held on | mean of the last K epochs | met |", "|---|---|---:|---:|---:|---|"]
+    for goal in GOALS:
+        scored = {n: assess(recs, goal) for n, recs in records.items() if recs and recs[0]["params"] <= goal.max_params}
+        holder = next((e.name for e in REGISTRY.values() if e.role == goal.role), None)
+        if holder is None:  # nobody has the role: show the closest candidate
+            holder = max(scored, key=lambda n: scored[n]["mean"], default=None)
+        if holder is None:
+            lines.append(f"| {goal.describe()} | none | | | | **no** |")
+        else:
+            lines.append(row(goal.describe(), holder, scored[holder], "**yes**" if scored[holder]["met"] else "**no**"))
+    # stretch: the best mean under the final model's budget, and the fewest parameters that hold on every seed
+    final = GOALS[0]
+    scored = {n: assess(recs, final) for n, recs in records.items()
+              if len(recs) >= final.seeds and recs[0]["params"] <= final.max_params}
+    if scored:
+        best = max(scored, key=lambda n: scored[n]["mean"])
+        lines.append(row(f"stretch: highest mean of the last {final.hold} epochs under {final.max_params + 1:,} params "
+                         f"(>= {final.seeds} seeds; 99.55 would be a record)", best, scored[best],
+                         "**yes**" if scored[best]["mean"] >= 99.55 else "no"))
+        holding = [n for n in scored if scored[n]["held"] == scored[n]["seeds"]]
+        if holding:
+            few = min(holding, key=lambda n: scored[n]["params"])
+            lines.append(row(f"stretch: fewest params holding >= {TARGET:.2f} % in the last {final.hold} epochs on "
+                             f"every seed (>= {final.seeds} seeds)", few, scored[few], ""))
+    return "\n".join(lines)
 
 
 def step_results(results: Path, model: str) -> str:
@@ -256,6 +338,8 @@ def section(key: str, results: Path) -> str:
         return verdict_sentence(results, arg)
     if kind == "models":
         return models_table()
+    if kind == "targets":
+        return targets_table(results)
     if kind == "bench":
         return bench_tables(results)
     if kind == "summary":
