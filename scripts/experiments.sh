@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Regenerates every committed record in results/, one run at a time, then the README's generated sections,
-# the figures and the shipped weights. About 2.5 hours on 2 CPU cores; run it in the background:
+# the figures and the shipped weights. About 4 hours on 2 CPU cores; run it in the background:
 #   nohup scripts/experiments.sh > experiments.log 2>&1 &
 # Benchmarks last, on a quiet machine: their figures are only meaningful when nothing else runs.
 set -euo pipefail
@@ -15,9 +15,18 @@ done
 tinymnist train Model_7 --seeds 1-5 --quiet
 tinymnist train Model_8 --seed 1 --quiet
 tinymnist train Model_7 --seed 1 --val 10000 --out results/val --quiet
+for m in Model_9 Model_10 Model_11; do
+  tinymnist train "$m" --seeds 1-5 --quiet
+done
+tinymnist train Model_12 --seed 1 --quiet
+tinymnist train Model_9 --seed 1 --val 10000 --out results/val --quiet
+tinymnist train Model_11 --seed 1 --val 10000 --out results/val --quiet
 # speed
 tinymnist bench Model_6 --save results/bench/1-same-network.json
 tinymnist bench Model_6 --batch-size 256 --save results/bench/2-same-network-batch256.json
 tinymnist bench --epochs 15 --save results/bench/3-end-to-end.json
 tinymnist bench Model_6 --options --save results/bench/4-options.json
+tinymnist bench Model_9 --epochs 15 --save results/bench/5-end-to-end-Model_9.json
+tinymnist bench Model_11 --save results/bench/6-final-channels-last.json
+tinymnist bench Model_11 --channels-last no --save results/bench/7-final-nchw.json
 tinymnist report

@@ -149,6 +149,10 @@ def test_bench_epochs_times_the_final_model_end_to_end(mnist_dir):
     assert proc.returncode == 0, proc.stderr
     res = json.loads(proc.stdout)
     assert res["epochs"] == 1 and res["fast_seconds"] > 0 and res["baseline_seconds"] > 0
+    assert res["model"] == json.loads(run_cli("summary", "final", "--json").stdout)["model"]
+    other = run_cli("bench", "Model_9", "--epochs", "1", "--limit", "640", "--json", "--data-dir", str(mnist_dir),
+                    "--device", "cpu")
+    assert other.returncode == 0 and json.loads(other.stdout)["model"] == "Model_9"
 
 
 def test_roles_name_one_final_and_at_most_one_tiny():

@@ -84,7 +84,10 @@ def test_final_goal_needs_every_seed_and_an_unrounded_mean(tmp_path, last, met):
     good = [99.0] * 10 + [99.5] * 5
     records_of(tmp_path, "Model_9", 7568, [good] * 4 + [[99.0] * 10 + last])
     assert assess(load_records(tmp_path, "Model_9"), GOALS[0])["met"] is met
-    assert roles_from_records(tmp_path)["final"] == ("Model_9" if met else None)
+    records_of(tmp_path, "Model_7", 7568, [[99.0] * 10 + [99.47] * 5] * 5)  # holds, but its mean is 99.47
+    # no model meets the goal: the role stays with the best of those that hold on every seed
+    expected = "Model_9" if min(last) >= 99.40 else "Model_7"
+    assert roles_from_records(tmp_path)["final"] == expected
 
 
 def test_goals_need_five_seeds_and_the_parameter_budget(tmp_path):
@@ -100,8 +103,4 @@ def test_roles_in_the_registry_follow_the_committed_records(monkeypatch):
     monkeypatch.chdir(ROOT)
     expected = roles_from_records(Path("results"))
     for role, model in expected.items():
-        holders = [e.name for e in REGISTRY.values() if e.role == role]
-        if model is not None:
-            assert holders == [model], (role, holders, model)
-        else:
-            assert len(holders) <= 1  # no model meets the goal: the role may mark the closest one, or nobody
+        assert [e.name for e in REGISTRY.values() if e.role == role] == ([model] if model else []), role

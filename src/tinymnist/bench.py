@@ -220,12 +220,12 @@ def compare(model_name: str, data: MNIST, device, batches: int = 100, repeat: in
     }
 
 
-def end_to_end(final: str, reference: str, data: MNIST, device, epochs: int, baseline_batches: int = 150) -> dict:
-    """Wall time of `epochs` epochs of `final` with its own recipe and per-epoch evaluation, against the
+def end_to_end(model_name: str, reference: str, data: MNIST, device, epochs: int, baseline_batches: int = 150) -> dict:
+    """Wall time of `epochs` epochs of `model_name` with its own recipe and per-epoch evaluation, against the
     reference model with the baseline pipeline, timed on `baseline_batches` batches and scaled to full epochs."""
-    recipe = get_entry(final).recipe.with_overrides(epochs=epochs)
+    recipe = get_entry(model_name).recipe.with_overrides(epochs=epochs)
     torch.manual_seed(0)
-    model = create_model(final).to(device)
+    model = create_model(model_name).to(device)
     start = time.perf_counter()
     history = fit(model, data, recipe)
     fast_s = time.perf_counter() - start
@@ -238,7 +238,7 @@ def end_to_end(final: str, reference: str, data: MNIST, device, epochs: int, bas
     eval_s = time.perf_counter() - start
     base_epoch_s = len(data.train_labels) / ref_img_s + eval_s
     return {
-        "final": final,
+        "model": model_name,
         "reference": reference,
         "epochs": epochs,
         "device": str(device),

@@ -270,13 +270,14 @@ def cmd_export(args) -> None:
 def cmd_bench(args) -> None:
     from . import bench
 
+    model = resolve_name(args.model or ("final" if args.epochs else "Model_6"))
     device = pick_device(args.device)
     data = load_mnist(args.data_dir).limit(args.limit).to(device)
     if args.save:
         _check_writable(Path(args.save).parent)
     if args.options:
-        rows = bench.options(resolve_name(args.model), data, device)
-        res = {"model": resolve_name(args.model), "device": str(device), "options": rows}
+        rows = bench.options(model, data, device)
+        res = {"model": model, "device": str(device), "options": rows}
         _save_bench(args, res)
         if args.json:
             print(json.dumps(res, indent=1))
@@ -284,12 +285,12 @@ def cmd_bench(args) -> None:
             print(f"{r['img_s']:8.0f} images/s  {r['variant']}")
         return
     if args.epochs:
-        res = bench.end_to_end(resolve_name("final"), args.reference, data, device, args.epochs)
+        res = bench.end_to_end(model, args.reference, data, device, args.epochs)
         _save_bench(args, res)
         if args.json:
             print(json.dumps(res, indent=1))
             return
-        print(f"{res['final']}, own recipe, {res['epochs']} epochs with evaluation: {res['fast_seconds']:.1f} s "
+        print(f"{res['model']}, own recipe, {res['epochs']} epochs with evaluation: {res['fast_seconds']:.1f} s "
               f"(last test accuracy {res['fast_last_test_acc']:.2f}%)")
         print(f"{res['reference']}, baseline pipeline: {res['baseline_seconds']:.1f} s "
               f"(from {res['baseline_img_s']:.0f} images/s plus evaluation, scaled to {res['epochs']} epochs)")
@@ -297,7 +298,7 @@ def cmd_bench(args) -> None:
         return
     overrides = {k: v for k, v in (("batch_size", args.batch_size), ("dropout_impl", args.dropout_impl),
                                    ("channels_last", args.channels_last)) if v is not None}
-    res = bench.compare(resolve_name(args.model), data, device, args.batches, args.repeat, **overrides)
+    res = bench.compare(model, data, device, args.batches, args.repeat, **overrides)
     _save_bench(args, res)
     if args.json:
         print(json.dumps(res, indent=1))
@@ -391,7 +392,7 @@ def build_parser() -> Parser:
     s.set_defaults(func=cmd_export)
 
     s = sub.add_parser("bench", help="images/s of the project's pipeline against the per-sample PIL baseline")
-    s.add_argument("model", nargs="?", default="Model_6")
+    s.add_argument("model", nargs="?", help="the network (default: Model_6; with --epochs, the final model)")
     s.add_argument("--batches", type=positive_int, default=100, help="timed batches per repetition")
     s.add_argument("--repeat", type=positive_int, default=3, help="repetitions (the median is reported)")
     s.add_argument("--batch-size", type=positive_int, help="the project pipeline's batch size (default: the recipe's)")
@@ -399,7 +400,8 @@ def build_parser() -> Parser:
     s.add_argument("--channels-last", type=lambda v: {"yes": True, "no": False}[v], choices=[True, False],
                    metavar="yes|no", help="override the memory layout")
     s.add_argument("--epochs", type=positive_int,
-                   help="instead, time N whole epochs of the final model against the baseline")
+                   help="instead, time N whole epochs of MODEL (default: the final model) with its own recipe "
+                        "against the baseline")
     s.add_argument("--options", action="store_true",
                    help="instead, compare the project pipeline's speed options (dropout, layout, batch, compile)")
     s.add_argument("--reference", default="Model_6", help="the model the baseline trains with --epochs")

@@ -334,7 +334,6 @@ class Model_8(nn.Sequential):
     # (its max-pool and convolutions over 8 channels at 26x26); Model_6 and Model_7 are slower in it
     FAST.with_overrides(ema=0.999, channels_last=True),
     "max-pool straight after the first convolution, the width after it; evaluate a moving average of the weights",
-    role="final",  # meets target 1 (see the README)
 )
 class Model_9(nn.Sequential):
     """Step 9, pool early, average the weights.
@@ -383,6 +382,7 @@ class Model_10(Model_9):
 @register(
     FAST.with_overrides(ema=0.999, channels_last=True, batch_size=64),
     "Model_9 with batch 64: twice the optimizer steps in the same 15 epochs",
+    role="final",  # meets the final-model target (the README's targets table, judged from the records)
 )
 class Model_11(Model_9):
     """Step 11, more steps.

@@ -113,14 +113,22 @@ def assess(records: list[dict], goal: Goal) -> dict:
 
 
 def roles_from_records(results: Path) -> dict[str, str | None]:
-    """Which model each role should go to, by the records: "final" to the model that meets its goal with
-    the highest mean, "tiny" to the smallest that meets its goal; None when no model does."""
+    """Which model each role should go to, by the records. "final": the model that meets its goal with the
+    highest mean; while none does, the best of the models with enough seeds under the budget: those that hold
+    on every seed first, then by mean (the main job must train something). "tiny": the smallest model that
+    meets its goal, else nobody."""
     roles: dict[str, str | None] = {}
     for goal in GOALS:
-        met = [(name, assess(load_records(results, name), goal)) for name in REGISTRY]
-        met = [(name, a) for name, a in met if a["met"]]
-        key = (lambda item: -item[1]["mean"]) if goal.role == "final" else (lambda item: item[1]["params"])
-        roles[goal.role] = min(met, key=key)[0] if met else None
+        scored = {n: assess(load_records(results, n), goal) for n in REGISTRY}
+        met = [n for n, a in scored.items() if a["met"]]
+        if goal.role == "tiny":
+            roles["tiny"] = min(met, key=lambda n: scored[n]["params"], default=None)
+            continue
+        if not met:
+            met = [n for n, a in scored.items() if a["seeds"] >= goal.seeds and 0 < a["params"] <= goal.max_params]
+        roles[goal.role] = max(
+            met, key=lambda n: (scored[n]["held"] == scored[n]["seeds"], scored[n]["mean"]), default=None
+        )
     return roles
 
 
@@ -302,7 +310,7 @@ def bench_tables(results: Path) -> str:
             )
         else:
             lines.append(
-                f"| {rec['epochs']} epochs with evaluation: {rec['final']} (own recipe) vs {rec['reference']} "
+                f"| {rec['epochs']} epochs with evaluation: {rec['model']} (own recipe) vs {rec['reference']} "
                 f"(baseline) | {rec['fast_seconds']:.1f} s | {rec['baseline_seconds']:.1f} s | "
                 f"**{rec['ratio']:.2f}x** | [{Path(rec['_path']).name}]({rec['_path']}) |"
             )
