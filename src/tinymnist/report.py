@@ -19,8 +19,6 @@ TARGET = 99.40  # test accuracy (percent) the exercise asks to hold
 HOLD = 5  # ... in each of the last HOLD epochs (the reference held it in epochs 11 to 15)
 
 
-
-
 @dataclass(frozen=True)
 class Goal:
     """A target of the project for a role, judged over a model's full-data records."""
