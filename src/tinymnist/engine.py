@@ -77,8 +77,9 @@ def make_optimizer(model: nn.Module, recipe: Recipe) -> torch.optim.Optimizer:
 def make_ema(model: nn.Module, recipe: Recipe) -> AveragedModel | None:
     """The exponential moving average of the weights and BatchNorm statistics, updated after every step.
 
-    It is what gets evaluated and saved when `recipe.ema` > 0: late in training it averages the last few
-    hundred steps, so it is steadier from epoch to epoch than the weights of any single step.
+    It is what gets evaluated and saved when `recipe.ema` > 0: it weighs the last 1 / (1 - ema) steps most
+    (a thousand at 0.999), so it is steadier from epoch to epoch than the weights of any single step. It
+    starts from the initial weights, so the first epochs evaluate a blend still dominated by them.
     """
     if not recipe.ema:
         return None
