@@ -27,6 +27,7 @@ tinymnist bench Model_6 --batch-size 256 --save results/bench/2-same-network-bat
 tinymnist bench --epochs 15 --save results/bench/3-end-to-end.json
 tinymnist bench Model_6 --options --save results/bench/4-options.json
 tinymnist bench Model_9 --epochs 15 --save results/bench/5-end-to-end-Model_9.json
+tinymnist bench Model_7 --epochs 15 --save results/bench/8-end-to-end-Model_7.json
 tinymnist bench Model_11 --save results/bench/6-final-channels-last.json
 tinymnist bench Model_11 --channels-last no --save results/bench/7-final-nchw.json
 tinymnist report
