@@ -338,10 +338,10 @@ class Model_8(nn.Sequential):
 class Model_9(nn.Sequential):
     """Step 9, pool early, average the weights.
 
-    Model_7 spends three quarters of its multiply-adds on one 8->12 convolution at 24x24, and still ends
+    Model_7 spends half of its multiply-adds on one 8->12 convolution at 24x24, and still ends
     each run with its test accuracy moving by 0.1 % from epoch to epoch. Here the max-pool comes right after
     the first convolution (RF 3): the same five 3x3 convolutions and the same parameters then work at 13x13
-    and below, at about half the cost of a step, and their receptive fields cover more of the digit. The
+    and below, with less than half the multiply-adds, and their receptive fields cover more of the digit. The
     test accuracy is that of an exponential moving average of the weights (decay 0.999 per step, about two
     epochs), which smooths the last epochs' step-to-step noise.
     Params: 7,568. RF: 28.
