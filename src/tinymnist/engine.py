@@ -22,6 +22,7 @@ from .augment import augment_batch
 from .data import MEAN, STD, MNIST
 from .model import use_fast_dropout
 from .recipe import Recipe, lr_at
+from .records import load_checkpoint
 
 
 def set_seed(seed: int) -> None:
@@ -88,6 +89,39 @@ def make_ema(model: nn.Module, recipe: Recipe) -> AveragedModel | None:
     return AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(recipe.ema), use_buffers=True)
 
 
+def make_teacher(recipe: Recipe, device: torch.device) -> nn.Module | None:
+    """The frozen model whose predictions the student learns from as well as the labels, when the recipe names one.
+
+    It is loaded from the weights shipped with the package, so a run that learns from it can be repeated.
+    """
+    if recipe.teacher is None:
+        if recipe.distill:
+            raise ValueError("distill > 0 needs a teacher")
+        return None
+    if not 0 < recipe.distill <= 1:
+        raise ValueError(f"distill must be in (0, 1] when there is a teacher, not {recipe.distill}")
+    if not recipe.temperature > 0:
+        raise ValueError(f"temperature must be positive, not {recipe.temperature}")
+    _, teacher, _ = load_checkpoint(recipe.teacher, device)
+    teacher.eval().requires_grad_(False)
+    if recipe.channels_last:
+        teacher.to(memory_format=torch.channels_last)
+    return teacher
+
+
+def training_loss(out: torch.Tensor, y: torch.Tensor, recipe: Recipe, teacher_out: torch.Tensor | None) -> torch.Tensor:
+    """Cross-entropy with the labels; with a teacher, blended with the KL divergence from the teacher's
+    softened class probabilities (Hinton et al., 2015), scaled by temperature^2 to keep its gradients' size."""
+    loss = F.nll_loss(out, y)
+    if teacher_out is None:
+        return loss
+    t = recipe.temperature
+    soft = F.kl_div(
+        F.log_softmax(out / t, dim=1), F.log_softmax(teacher_out / t, dim=1), log_target=True, reduction="batchmean"
+    )
+    return (1 - recipe.distill) * loss + recipe.distill * (soft * t**2)
+
+
 @dataclass
 class EpochStats:
     loss: float  # mean cross-entropy per image
@@ -110,11 +144,13 @@ def train_one_epoch(
     report_every: int = 25,
     lr_at_step: Callable[[float], float] | None = None,
     ema: AveragedModel | None = None,
+    teacher: nn.Module | None = None,
 ) -> EpochStats:
     """One pass over the training tensors in a fresh random order, in batches of `recipe.batch_size`.
 
     `lr_at_step(fraction of the epoch done)` sets the learning rate before each step, for schedules that
-    change within an epoch; `ema` (see `make_ema`) is updated after each step.
+    change within an epoch; `ema` (see `make_ema`) is updated after each step; `teacher` (see
+    `make_teacher`) sees the same augmented batch as the model.
     """
     model.train()
     n, bs = len(images), recipe.batch_size
@@ -129,7 +165,11 @@ def train_one_epoch(
                 group["lr"] = lr_at_step(step / steps)
         x, y = prepare(images[idx], recipe.augment, recipe.channels_last), labels[idx]
         out = model(x)
-        loss = F.nll_loss(out, y)
+        teacher_out = None
+        if teacher is not None:
+            with torch.no_grad():
+                teacher_out = teacher(x)
+        loss = training_loss(out, y, recipe, teacher_out)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
@@ -214,6 +254,7 @@ def fit(
     configure(model, recipe)
     optimizer = make_optimizer(model, recipe)
     ema = make_ema(model, recipe)
+    teacher = make_teacher(recipe, next(model.parameters()).device)
     evaluated = model if ema is None else ema.module
     history = restore_state(model, optimizer, resume, ema) if resume else []
     for epoch in range(len(history), recipe.epochs):
@@ -223,7 +264,8 @@ def fit(
         start = time.perf_counter()
         per_step = (lambda f, e=epoch: lr_at(recipe, e + f)) if recipe.schedule == "onecycle" else None
         train = train_one_epoch(
-            model, optimizer, data.train_images, data.train_labels, recipe, on_batch, lr_at_step=per_step, ema=ema
+            model, optimizer, data.train_images, data.train_labels, recipe, on_batch, lr_at_step=per_step, ema=ema,
+            teacher=teacher,
         )
         if not math.isfinite(train.loss):
             raise Diverged(f"the training loss became {train.loss} in epoch {epoch + 1}")

@@ -48,6 +48,9 @@ class Recipe:
     dropout_impl: str = "torch"  # "torch": nn.Dropout; "fast": the same element-wise dropout, cheaper masks on CPU
     channels_last: bool = False  # NHWC memory layout for convolutions (see the Performance section of the README)
     ema: float = 0.0  # > 0: evaluate and save an exponential moving average of the weights, this decay per step
+    teacher: str | None = None  # a model whose shipped weights teach this one (knowledge distillation)
+    distill: float = 0.0  # weight of the distillation loss against the teacher; the label loss gets 1 - distill
+    temperature: float = 1.0  # divides both models' class scores before the distillation loss compares them
     eval_batch_size: int = 1000  # evaluation has no gradients: large batches are cheaper
 
     def with_overrides(self, **overrides: Any) -> Recipe:

@@ -12,7 +12,7 @@ import statistics
 from dataclasses import dataclass
 from pathlib import Path
 
-from .model import REGISTRY, create_model
+from .model import REGISTRY, create_model, get_entry
 from .summary import format_summary, summary_dict
 
 TARGET = 99.40  # test accuracy (percent) the exercise asks to hold
@@ -402,19 +402,22 @@ def draw_figures(results: Path, fig_dir: Path, data_dir=None) -> list[Path]:
 
 
 def ship_weights(results: Path, weights_dir: Path) -> list[Path]:
-    """Copies the seed-1 checkpoint of the final and the tiny model into the package, with where it came from."""
+    """Copies the seed-1 checkpoint of the final and the tiny model, and of any model that teaches another
+    (see `Recipe.teacher`), into the package, with where it came from."""
     import shutil
 
     from .records import write_json
 
+    teachers = {get_entry(e.recipe.teacher).name for e in REGISTRY.values() if e.recipe.teacher}
     shipped = []
     for entry in REGISTRY.values():
-        if entry.role is None:
+        if entry.role is None and entry.name not in teachers:
             continue
         src = results / entry.name / "seed1.pt"
         record = results / entry.name / "seed1.json"
         if not (src.is_file() and record.is_file()):
-            raise ReportError(f"no seed-1 checkpoint and record of the {entry.role} model {entry.name} in {results}/")
+            why = f"the {entry.role} model" if entry.role else "the teacher"
+            raise ReportError(f"no seed-1 checkpoint and record of {why} {entry.name} in {results}/")
         rec = json.loads(record.read_text())
         weights_dir.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(src, weights_dir / f"{entry.name}.pt")
@@ -423,7 +426,7 @@ def ship_weights(results: Path, weights_dir: Path) -> list[Path]:
             "test_acc": rec["epochs"][-1]["test_acc"], "test_correct": rec["epochs"][-1]["test_correct"],
         })
         shipped.append(weights_dir / f"{entry.name}.pt")
-    for stale in weights_dir.glob("*.pt"):  # a model that lost its role no longer ships
+    for stale in weights_dir.glob("*.pt"):  # a model that lost its role (and teaches none) no longer ships
         if stale not in shipped:
             stale.unlink()
             stale.with_suffix(".json").unlink(missing_ok=True)

@@ -38,7 +38,8 @@ def _describe(module: nn.Module) -> str:
             k = _pair(m.kernel_size)
             bias = "" if m.bias is not None else ", no bias"
             pad = f", pad {_pair(m.padding)}" if _pair(m.padding) else ""
-            parts.append(f"conv {k}x{k} {m.in_channels}->{m.out_channels}{pad}{bias}")
+            kind = "depthwise conv" if m.groups > 1 and m.groups == m.in_channels else "conv"
+            parts.append(f"{kind} {k}x{k} {m.in_channels}->{m.out_channels}{pad}{bias}")
         elif isinstance(m, nn.ReLU):
             parts.append("ReLU")
         elif isinstance(m, nn.BatchNorm2d):
