@@ -21,7 +21,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from .data import MEAN, STD, MNIST
-from .engine import configure, evaluate, fit, make_optimizer, train_one_epoch
+from .engine import configure, evaluate, fit, make_optimizer, make_teacher, train_one_epoch
 from .model import create_model, get_entry, replace_dropout
 from .recipe import Augment, Recipe
 from .summary import summary_dict
@@ -123,62 +123,74 @@ def time_fast(model_name: str, data: MNIST, recipe: Recipe, batches: int, device
     if tweak is not None:
         model = tweak(model)
     optimizer = make_optimizer(model, recipe)
+    teacher = make_teacher(recipe, device)  # a taught model's steps include its teacher's forward pass
     n = recipe.batch_size
     ctx = torch.autocast(device.type, dtype=torch.bfloat16, enabled=autocast)
     with ctx:
-        train_one_epoch(model, optimizer, data.train_images[: warmup * n], data.train_labels[: warmup * n], recipe)
+        train_one_epoch(model, optimizer, data.train_images[: warmup * n], data.train_labels[: warmup * n], recipe,
+                        teacher=teacher)
     images, labels = data.train_images[: batches * n], data.train_labels[: batches * n]
     if device.type == "cuda":
         torch.cuda.synchronize()
     start = time.perf_counter()
     with ctx:
-        train_one_epoch(model, optimizer, images, labels, recipe)  # ends with .item(): synchronised
+        train_one_epoch(model, optimizer, images, labels, recipe, teacher=teacher)  # ends with .item(): synchronised
     return len(labels) / (time.perf_counter() - start)
 
 
-def options(model_name: str, data: MNIST, device, images: int = 12800) -> list[dict]:
-    """The project pipeline's images/s under each speed option, on `model_name` as its recipe defines it.
+def option_variants(base: Recipe) -> tuple[str, dict, list[tuple[str, dict, object, bool]]]:
+    """The speed options worth timing for a recipe: (label of the starting point, its overrides, variants).
 
-    Every variant trains on the same number of images; torch.compile's compile time is reported apart.
+    Each variant is (label, recipe overrides, tweak(model) -> model or None, bfloat16 autocast). The dropout
+    variants appear only for a model with dropout, whose variants then start from FastDropout.
     """
-    base = get_entry(model_name).recipe
-    variants = [
-        ("as the recipe: batch 64, nn.Dropout", {}, None, False),
-        ("FastDropout (same masks, cheaper sampling)", {"dropout_impl": "fast"}, None, False),
-        ("nn.Dropout2d (whole channels: another regulariser)", {}, lambda m: replace_dropout(m, nn.Dropout2d), False),
-        ("no dropout", {"dropout": 0.0}, None, False),
-        ("FastDropout + channels_last", {"dropout_impl": "fast", "channels_last": True}, None, False),
-        ("FastDropout + bfloat16 autocast", {"dropout_impl": "fast"}, None, True),
-        ("FastDropout, batch 128", {"dropout_impl": "fast", "batch_size": 128}, None, False),
-        ("FastDropout, batch 256", {"dropout_impl": "fast", "batch_size": 256}, None, False),
-        ("no dropout, batch 256", {"dropout": 0.0, "batch_size": 256}, None, False),
+    dropout = base.dropout > 0
+    fast = {"dropout_impl": "fast"} if dropout else {}
+    start_label = "FastDropout" if dropout else "as the recipe"
+    layout = "NCHW instead of channels_last" if base.channels_last else "channels_last"
+    impl = {"torch": "nn.Dropout", "fast": "FastDropout"}[base.dropout_impl] if dropout else "no dropout"
+    variants = [(f"as the recipe: batch {base.batch_size}, {impl}", {}, None, False)]
+    if dropout:
+        variants += [
+            ("FastDropout (same masks, cheaper sampling)", fast, None, False),
+            ("nn.Dropout2d (whole channels: another regulariser)", {}, lambda m: replace_dropout(m, nn.Dropout2d), False),
+            ("no dropout", {"dropout": 0.0}, None, False),
+        ]
+    variants += [
+        (f"{start_label} + {layout}", {**fast, "channels_last": not base.channels_last}, None, False),
+        (f"{start_label} + bfloat16 autocast", fast, None, True),
     ]
+    variants += [(f"{start_label}, batch {b}", {**fast, "batch_size": b}, None, False) for b in (128, 256) if b != base.batch_size]
+    if dropout:
+        variants.append(("no dropout, batch 256", {"dropout": 0.0, "batch_size": 256}, None, False))
+    return start_label, fast, variants
+
+
+def options(model_name: str, data: MNIST, device, images: int = 12800) -> list[dict]:
+    """The project pipeline's images/s under each speed option (`option_variants`), on `model_name` as its
+    recipe defines it, then on 1 thread and compiled. Every variant trains on the same number of images;
+    torch.compile's compile time is reported apart."""
+    base = get_entry(model_name).recipe
+    start_label, fast, variants = option_variants(base)
     rows = []
     for label, overrides, tweak, autocast in variants:
         recipe = base.with_overrides(**overrides)
         img_s = time_fast(model_name, data, recipe, max(images // recipe.batch_size, 10), device, tweak=tweak,
                           autocast=autocast)
         rows.append({"variant": label, "batch_size": recipe.batch_size, "img_s": round(img_s, 1)})
+    recipe = base.with_overrides(**fast)
     threads = torch.get_num_threads()
     if threads > 1:
-        recipe = base.with_overrides(dropout_impl="fast")
         torch.set_num_threads(1)
         try:
             img_s = time_fast(model_name, data, recipe, images // recipe.batch_size, device)
         finally:
             torch.set_num_threads(threads)
-        rows.append({"variant": f"FastDropout, 1 thread instead of {threads}", "batch_size": recipe.batch_size,
+        rows.append({"variant": f"{start_label}, 1 thread instead of {threads}", "batch_size": recipe.batch_size,
                      "img_s": round(img_s, 1)})
-    recipe = base.with_overrides(dropout_impl="fast")
     start = time.perf_counter()
-    compiled = {}
-
-    def compile_model(model):
-        compiled["model"] = torch.compile(model)
-        return compiled["model"]
-
-    img_s = time_fast(model_name, data, recipe, images // recipe.batch_size, device, tweak=compile_model)
-    rows.append({"variant": "FastDropout + torch.compile (compile time excluded)", "batch_size": recipe.batch_size,
+    img_s = time_fast(model_name, data, recipe, images // recipe.batch_size, device, tweak=torch.compile)
+    rows.append({"variant": f"{start_label} + torch.compile (compile time excluded)", "batch_size": recipe.batch_size,
                  "img_s": round(img_s, 1), "total_seconds_with_compile": round(time.perf_counter() - start, 1)})
     return rows
 

@@ -22,7 +22,7 @@ from .augment import augment_batch
 from .data import MEAN, STD, MNIST
 from .model import use_fast_dropout
 from .recipe import Recipe, lr_at
-from .records import load_checkpoint
+from .records import CheckpointError, load_checkpoint
 
 
 def set_seed(seed: int) -> None:
@@ -102,7 +102,10 @@ def make_teacher(recipe: Recipe, device: torch.device) -> nn.Module | None:
         raise ValueError(f"distill must be in (0, 1] when there is a teacher, not {recipe.distill}")
     if not recipe.temperature > 0:
         raise ValueError(f"temperature must be positive, not {recipe.temperature}")
-    _, teacher, _ = load_checkpoint(recipe.teacher, device)
+    try:
+        _, teacher, _ = load_checkpoint(recipe.teacher, device)
+    except CheckpointError as e:
+        raise CheckpointError(f"the recipe's teacher: {e}") from None
     teacher.eval().requires_grad_(False)
     if recipe.channels_last:
         teacher.to(memory_format=torch.channels_last)
