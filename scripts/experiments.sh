@@ -21,6 +21,7 @@ done
 tinymnist train Model_12 --seed 1 --quiet
 tinymnist train Model_13 --seed 1 --quiet  # learns from the shipped Model_11 weights
 tinymnist train Model_14 --seeds 1-5 --quiet
+tinymnist train Model_15 --seeds 1-5 --quiet
 tinymnist train Model_9 --seed 1 --val 10000 --out results/val --quiet
 tinymnist train Model_11 --seed 1 --val 10000 --out results/val --quiet
 # speed
@@ -32,4 +33,5 @@ tinymnist bench Model_9 --epochs 15 --save results/bench/5-end-to-end-Model_9.js
 tinymnist bench Model_7 --epochs 15 --save results/bench/8-end-to-end-Model_7.json
 tinymnist bench Model_11 --save results/bench/6-final-channels-last.json
 tinymnist bench Model_11 --channels-last no --save results/bench/7-final-nchw.json
+tinymnist bench Model_11 --options --save results/bench/9-options-final.json
 tinymnist report

@@ -166,32 +166,40 @@ def option_variants(base: Recipe) -> tuple[str, dict, list[tuple[str, dict, obje
     return start_label, fast, variants
 
 
-def options(model_name: str, data: MNIST, device, images: int = 12800) -> list[dict]:
+def options(model_name: str, data: MNIST, device, images: int = 12800, repeat: int = 3) -> list[dict]:
     """The project pipeline's images/s under each speed option (`option_variants`), on `model_name` as its
-    recipe defines it, then on 1 thread and compiled. Every variant trains on the same number of images;
-    torch.compile's compile time is reported apart."""
+    recipe defines it, then on 1 thread and compiled: the median of `repeat` rounds, each timing every variant
+    once on the same number of images. torch.compile's first round, compiling included, is reported apart."""
     base = get_entry(model_name).recipe
     start_label, fast, variants = option_variants(base)
-    rows = []
-    for label, overrides, tweak, autocast in variants:
-        recipe = base.with_overrides(**overrides)
-        img_s = time_fast(model_name, data, recipe, max(images // recipe.batch_size, 10), device, tweak=tweak,
-                          autocast=autocast)
-        rows.append({"variant": label, "batch_size": recipe.batch_size, "img_s": round(img_s, 1)})
-    recipe = base.with_overrides(**fast)
     threads = torch.get_num_threads()
+    runs = [(label, base.with_overrides(**overrides), tweak, autocast, threads)
+            for label, overrides, tweak, autocast in variants]
     if threads > 1:
-        torch.set_num_threads(1)
-        try:
-            img_s = time_fast(model_name, data, recipe, images // recipe.batch_size, device)
-        finally:
-            torch.set_num_threads(threads)
-        rows.append({"variant": f"{start_label}, 1 thread instead of {threads}", "batch_size": recipe.batch_size,
-                     "img_s": round(img_s, 1)})
-    start = time.perf_counter()
-    img_s = time_fast(model_name, data, recipe, images // recipe.batch_size, device, tweak=torch.compile)
-    rows.append({"variant": f"{start_label} + torch.compile (compile time excluded)", "batch_size": recipe.batch_size,
-                 "img_s": round(img_s, 1), "total_seconds_with_compile": round(time.perf_counter() - start, 1)})
+        runs.append((f"{start_label}, 1 thread instead of {threads}", base.with_overrides(**fast), None, False, 1))
+    compiled = f"{start_label} + torch.compile (compile time excluded)"
+    runs.append((compiled, base.with_overrides(**fast), torch.compile, False, threads))
+    timings: dict[str, list[float]] = {label: [] for label, *_ in runs}
+    first_compile_s = None
+    for _ in range(repeat):
+        for label, recipe, tweak, autocast, n_threads in runs:
+            torch.set_num_threads(n_threads)
+            start = time.perf_counter()
+            try:
+                img_s = time_fast(model_name, data, recipe, max(images // recipe.batch_size, 10), device, tweak=tweak,
+                                  autocast=autocast)
+            finally:
+                torch.set_num_threads(threads)
+            if label == compiled and first_compile_s is None:
+                first_compile_s = time.perf_counter() - start
+            timings[label].append(img_s)
+    rows = []
+    for label, recipe, *_ in runs:
+        row = {"variant": label, "batch_size": recipe.batch_size, "img_s": round(statistics.median(timings[label]), 1),
+               "runs": [round(v, 1) for v in timings[label]]}
+        if label == compiled:
+            row["total_seconds_with_compile"] = round(first_compile_s, 1)
+        rows.append(row)
     return rows
 
 

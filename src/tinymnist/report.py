@@ -314,12 +314,14 @@ def bench_tables(results: Path) -> str:
                 f"**{rec['ratio']:.2f}x** | [{Path(rec['_path']).name}]({rec['_path']}) |"
             )
     for rec in options:
-        lines += ["", f"Speed options of the project pipeline on {rec['model']} "
+        rounds = len(rec["options"][0].get("runs", [None]))
+        how = f", median of {rounds} rounds" if rounds > 1 else ", one round"
+        lines += ["", f"Speed options of the project pipeline on {rec['model']}{how} "
                       f"([{Path(rec['_path']).name}]({rec['_path']})):", "",
                   "| variant | batch | images/s | vs the recipe |", "|---|---:|---:|---:|"]
         first = rec["options"][0]["img_s"]
         for row in rec["options"]:
-            extra = f" (with compiling: {row['total_seconds_with_compile']:.0f} s)" if "total_seconds_with_compile" in row \
+            extra = f" (first run, compiling included: {row['total_seconds_with_compile']:.0f} s)" if "total_seconds_with_compile" in row \
                 else ""
             lines.append(f"| {row['variant']}{extra} | {row['batch_size']} | {row['img_s']:,.0f} | "
                          f"{row['img_s'] / first:.2f}x |")
