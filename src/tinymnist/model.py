@@ -465,8 +465,8 @@ TAUGHT = AVERAGED.with_overrides(batch_size=64, weight_decay=1e-4, teacher="Mode
 class Model_13(Model_12):
     """Step 13, a teacher.
 
-    Model_12 ends near 99.3 %, and what it lacks is not capacity to fit the training digits but what to learn
-    from them: a one-hot label says nothing about which wrong classes a digit resembles. Here the final model's
+    Model_12 ends near 99.3 %, short of capacity. A better target helps a small network without adding
+    parameters: a one-hot label says nothing about which wrong classes a digit resembles. Here the final model's
     shipped weights (Model_11, seed 1) run beside it on each augmented batch, and nine tenths of the loss is
     the divergence from the teacher's class probabilities, softened by a temperature of 2 so the near-misses
     count. Batch 64 as for Model_11. The network is Model_12's.
