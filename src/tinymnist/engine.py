@@ -127,7 +127,7 @@ def training_loss(out: torch.Tensor, y: torch.Tensor, recipe: Recipe, teacher_ou
 
 @dataclass
 class EpochStats:
-    loss: float  # mean cross-entropy per image
+    loss: float  # mean training loss per image: cross-entropy, blended with the distillation loss when taught
     acc: float  # percent
     correct: int
     total: int
