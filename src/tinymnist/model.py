@@ -349,33 +349,19 @@ def separable_block(cin: int, cout: int, act: type[nn.Module] = nn.ReLU) -> nn.S
     )
 
 
-def separable_layers(
-    c1: int, c2: int, c3: int, c4: int, c5: int, act: type[nn.Module] = nn.ReLU
+def early_pool_layers(
+    c1: int, c2: int, c3: int, c4: int, c5: int, block=bn_block, act: type[nn.Module] = nn.ReLU
 ) -> OrderedDict[str, nn.Module]:
-    """The early-pool layout with depthwise-separable convolutions after the pool (steps 14 and 15)."""
+    """Max-pool right after the first 3x3 convolution, then four more 3x3 convolutions at 13x13 and below
+    (steps 9 to 15 differ in the channel counts, in `block` for those four: full (`bn_block`) or
+    depthwise-separable (`separable_block`), and in the activation)."""
     return OrderedDict(
         conv1=bn_block(1, c1, act=act),  # (B, c1, 26, 26)  RF 3
         pool1=nn.MaxPool2d(2),  # (B, c1, 13, 13)  RF 4
-        conv2=separable_block(c1, c2, act),  # (B, c2, 11, 11)  RF 8
-        conv3=separable_block(c2, c3, act),  # (B, c3, 9, 9)    RF 12
-        conv4=separable_block(c3, c4, act),  # (B, c4, 7, 7)    RF 16
-        conv5=separable_block(c4, c5, act),  # (B, c5, 5, 5)    RF 20
-        gap=nn.AvgPool2d(5),  # (B, c5, 1, 1)    RF 28
-        fc=conv_block(c5, 10, 1, bn=False, dropout=0.0, relu=False),  # (B, 10, 1, 1)
-        out=LogSoftmaxHead(),
-    )
-
-
-def early_pool_layers(c1: int, c2: int, c3: int, c4: int, c5: int) -> OrderedDict[str, nn.Module]:
-    """Max-pool right after the first 3x3 convolution, then four more 3x3 convolutions at 13x13 and below
-    (steps 9 to 12 differ only in the channel counts)."""
-    return OrderedDict(
-        conv1=bn_block(1, c1),  # (B, c1, 26, 26)  RF 3
-        pool1=nn.MaxPool2d(2),  # (B, c1, 13, 13)  RF 4
-        conv2=bn_block(c1, c2),  # (B, c2, 11, 11)  RF 8
-        conv3=bn_block(c2, c3),  # (B, c3, 9, 9)    RF 12
-        conv4=bn_block(c3, c4),  # (B, c4, 7, 7)    RF 16
-        conv5=bn_block(c4, c5),  # (B, c5, 5, 5)    RF 20
+        conv2=block(c1, c2, act=act),  # (B, c2, 11, 11)  RF 8
+        conv3=block(c2, c3, act=act),  # (B, c3, 9, 9)    RF 12
+        conv4=block(c3, c4, act=act),  # (B, c4, 7, 7)    RF 16
+        conv5=block(c4, c5, act=act),  # (B, c5, 5, 5)    RF 20
         gap=nn.AvgPool2d(5),  # (B, c5, 1, 1)    RF 28
         fc=conv_block(c5, 10, 1, bn=False, dropout=0.0, relu=False),  # (B, 10, 1, 1)
         out=LogSoftmaxHead(),
@@ -490,7 +476,7 @@ class Model_14(nn.Sequential):
     """
 
     def __init__(self, dropout: float = 0.0):
-        super().__init__(separable_layers(8, 16, 24, 32, 36))
+        super().__init__(early_pool_layers(8, 16, 24, 32, 36, block=separable_block))
 
 
 @register(TAUGHT, "tiny: Model_14 with SiLU instead of ReLU", hold=3)
@@ -505,4 +491,4 @@ class Model_15(nn.Sequential):
     """
 
     def __init__(self, dropout: float = 0.0):
-        super().__init__(separable_layers(8, 16, 24, 32, 36, act=nn.SiLU))
+        super().__init__(early_pool_layers(8, 16, 24, 32, 36, block=separable_block, act=nn.SiLU))
