@@ -1,18 +1,21 @@
 """Knowledge distillation: the teacher's weights, the blended loss, and bad settings."""
 
+import json
 import shutil
+from pathlib import Path
 from dataclasses import replace
 
 import pytest
 import torch
 
-from tinymnist.engine import fit, make_teacher, set_seed, training_loss
+from tinymnist.engine import Ensemble, fit, make_teacher, set_seed, training_loss
 from tinymnist.model import REGISTRY, create_model, get_entry
 from tinymnist.recipe import Recipe
-from tinymnist.records import WEIGHTS_DIR, CheckpointError
-from tinymnist.report import ship_weights
+from tinymnist.records import WEIGHTS_DIR, CheckpointError, shipped_name
+from tinymnist.report import ReportError, ship_weights
 from test_engine import fake_data
 
+RESULTS = Path(__file__).resolve().parent.parent / "results"
 TAUGHT = Recipe(epochs=1, batch_size=32, teacher="Model_11", distill=0.9, temperature=2.0)
 
 
@@ -64,18 +67,59 @@ def test_a_teacher_without_shipped_weights_is_a_clear_error():
 
 
 def test_every_teacher_in_the_registry_ships_its_weights():
-    teachers = {e.recipe.teacher for e in REGISTRY.values() if e.recipe.teacher}
-    for name in teachers:
-        assert (WEIGHTS_DIR / f"{get_entry(name).name}.pt").is_file(), name
+    for entry in REGISTRY.values():
+        if entry.recipe.teacher:
+            for seed in range(1, entry.recipe.teacher_seeds + 1):
+                path = WEIGHTS_DIR / f"{shipped_name(get_entry(entry.recipe.teacher).name, seed)}.pt"
+                assert path.is_file(), (entry.name, path)
+
+
+def test_a_teacher_ensemble_averages_its_members_log_probabilities(tmp_path, monkeypatch):
+    for seed in (1, 2):  # two runs of the final model, as `report` would ship them
+        shutil.copyfile(RESULTS / "Model_11" / f"seed{seed}.pt", tmp_path / f"{shipped_name('Model_11', seed)}.pt")
+    monkeypatch.setattr("tinymnist.records.WEIGHTS_DIR", tmp_path)
+    ensemble = make_teacher(TAUGHT.with_overrides(teacher_seeds=2), torch.device("cpu"))
+    assert isinstance(ensemble, Ensemble) and len(ensemble.members) == 2
+    assert not ensemble.training and not any(p.requires_grad for p in ensemble.parameters())
+    x = torch.randn(4, 1, 28, 28)
+    a, b = (m(x) for m in ensemble.members)
+    assert not torch.equal(a, b)  # two different runs
+    assert torch.allclose(ensemble(x), (a + b) / 2)
+    with pytest.raises(CheckpointError, match="no shipped weights for Model_11 seed 3"):
+        make_teacher(TAUGHT.with_overrides(teacher_seeds=3), torch.device("cpu"))
+    with pytest.raises(ValueError, match="teacher_seeds must be at least 1"):
+        make_teacher(TAUGHT.with_overrides(teacher_seeds=0), torch.device("cpu"))
+
+
+def _fake_results(results: Path, runs: dict[str, int]) -> None:
+    for name, seeds in runs.items():
+        (results / name).mkdir(parents=True)
+        for seed in range(1, seeds + 1):
+            shutil.copyfile(WEIGHTS_DIR / "Model_11.pt", results / name / f"seed{seed}.pt")  # any file: only copied
+            (results / name / f"seed{seed}.json").write_text(
+                f'{{"seed": {seed}, "epochs": [{{"test_acc": 99.0, "test_correct": 9900}}]}}'
+            )
 
 
 def test_ship_weights_keeps_a_teacher_that_holds_no_role(tmp_path, monkeypatch):
-    results = tmp_path / "results"
-    for name in ("Model_11", "Model_13"):
-        (results / name).mkdir(parents=True)
-        shutil.copyfile(WEIGHTS_DIR / "Model_11.pt", results / name / "seed1.pt")  # any file: only copied
-        (results / name / "seed1.json").write_text('{"seed": 1, "epochs": [{"test_acc": 99.0, "test_correct": 9900}]}')
+    _fake_results(tmp_path / "results", {"Model_11": 1, "Model_13": 1})
     entries = {name: replace(REGISTRY[name], role=None) for name in ("Model_11", "Model_13")}
     monkeypatch.setattr("tinymnist.report.REGISTRY", entries)
-    shipped = ship_weights(results, tmp_path / "weights")
+    shipped = ship_weights(tmp_path / "results", tmp_path / "weights")
     assert [p.name for p in shipped] == ["Model_11.pt"]  # the teacher, though it holds no role; not its pupil
+
+
+def test_ship_weights_ships_every_seed_of_a_teacher_ensemble_and_says_which(tmp_path, monkeypatch):
+    _fake_results(tmp_path / "results", {"Model_11": 3, "Model_13": 1})
+    pupil = REGISTRY["Model_13"]
+    entries = {
+        "Model_11": replace(REGISTRY["Model_11"], role=None),
+        "Model_13": replace(pupil, recipe=pupil.recipe.with_overrides(teacher_seeds=3)),
+    }
+    monkeypatch.setattr("tinymnist.report.REGISTRY", entries)
+    shipped = ship_weights(tmp_path / "results", tmp_path / "weights")
+    assert [p.name for p in shipped] == ["Model_11.pt", "Model_11.seed2.pt", "Model_11.seed3.pt"]
+    assert json.loads((tmp_path / "weights" / "Model_11.seed3.json").read_text())["seed"] == 3
+    (tmp_path / "results" / "Model_11" / "seed3.pt").unlink()
+    with pytest.raises(ReportError, match="no seed-3 checkpoint and record of the teacher Model_11"):
+        ship_weights(tmp_path / "results", tmp_path / "weights")

@@ -89,10 +89,23 @@ def make_ema(model: nn.Module, recipe: Recipe) -> AveragedModel | None:
     return AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(recipe.ema), use_buffers=True)
 
 
+class Ensemble(nn.Module):
+    """Several models as one: the mean of their log-probabilities (a normalised geometric mean of their
+    probabilities, so the ensemble is confident where its members agree)."""
+
+    def __init__(self, members: list[nn.Module]):
+        super().__init__()
+        self.members = nn.ModuleList(members)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.stack([m(x) for m in self.members]).mean(0)
+
+
 def make_teacher(recipe: Recipe, device: torch.device) -> nn.Module | None:
     """The frozen model whose predictions the student learns from as well as the labels, when the recipe names one.
 
-    It is loaded from the weights shipped with the package, so a run that learns from it can be repeated.
+    It is loaded from the weights shipped with the package, so a run that learns from it can be repeated;
+    with `teacher_seeds` > 1, the teacher's runs with seeds 1 to `teacher_seeds` teach as an `Ensemble`.
     """
     if recipe.teacher is None:
         if recipe.distill:
@@ -102,10 +115,13 @@ def make_teacher(recipe: Recipe, device: torch.device) -> nn.Module | None:
         raise ValueError(f"distill must be in (0, 1] when there is a teacher, not {recipe.distill}")
     if not recipe.temperature > 0:
         raise ValueError(f"temperature must be positive, not {recipe.temperature}")
+    if recipe.teacher_seeds < 1:
+        raise ValueError(f"teacher_seeds must be at least 1, not {recipe.teacher_seeds}")
     try:
-        _, teacher, _ = load_checkpoint(recipe.teacher, device)
+        members = [load_checkpoint(recipe.teacher, device, seed)[1] for seed in range(1, recipe.teacher_seeds + 1)]
     except CheckpointError as e:
         raise CheckpointError(f"the recipe's teacher: {e}") from None
+    teacher = members[0] if len(members) == 1 else Ensemble(members)
     teacher.eval().requires_grad_(False)
     if recipe.channels_last:
         teacher.to(memory_format=torch.channels_last)

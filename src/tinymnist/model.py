@@ -509,3 +509,19 @@ class Model_16(Model_14):
     same peak learning rate; the weight average then spans about half an epoch. The network is Model_14's.
     Params: 3,816. RF: 28.
     """
+
+
+@register(
+    TAUGHT.with_overrides(teacher_seeds=3),
+    "tiny: Model_14 taught by three runs of the final model at once (a teacher ensemble)",
+    hold=3,
+)
+class Model_17(Model_14):
+    """Step 17, a stronger teacher.
+
+    A student learns from its teacher's class probabilities, so a better teacher should make a better student.
+    The final model's runs with seeds 1, 2 and 3 teach together: the ensemble's log-probabilities are the mean
+    of theirs (`engine.Ensemble`). Each run scores 99.47 to 99.58 % on the test digits, the three together 99.60 %.
+    It costs three teacher passes per step instead of one. Everything else is Model_14's.
+    Params: 3,816. RF: 28.
+    """

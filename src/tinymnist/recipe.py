@@ -51,6 +51,7 @@ class Recipe:
     teacher: str | None = None  # a model whose shipped weights teach this one (knowledge distillation)
     distill: float = 0.0  # weight of the distillation loss against the teacher; the label loss gets 1 - distill
     temperature: float = 1.0  # divides both models' class scores before the distillation loss compares them
+    teacher_seeds: int = 1  # how many of the teacher's runs (seeds 1, 2, ...) teach together, as one ensemble
     eval_batch_size: int = 1000  # evaluation has no gradients: large batches are cheaper
 
     def with_overrides(self, **overrides: Any) -> Recipe:

@@ -55,12 +55,15 @@ def save_checkpoint(path: Path, model_name: str, model: nn.Module, recipe: Recip
     atomic_write_bytes(path, buf.getvalue())
 
 
-def load_checkpoint(path: str | os.PathLike, device: str | torch.device = "cpu") -> tuple[str, nn.Module, dict]:
+def load_checkpoint(
+    path: str | os.PathLike, device: str | torch.device = "cpu", seed: int = 1
+) -> tuple[str, nn.Module, dict]:
     """Loads a checkpoint safely (weights only: no pickled code runs) and rebuilds its model.
 
-    `path` may also be a model name or role, meaning the weights shipped with the package.
+    `path` may also be a model name or role, meaning the weights shipped with the package (of its run with
+    `seed`, for a teacher that ships several).
     """
-    path = resolve_checkpoint(str(path))
+    path = resolve_checkpoint(str(path), seed)
     if not path.is_file():
         raise CheckpointError(f"checkpoint {path} does not exist")
     try:
@@ -110,16 +113,23 @@ def load_state(path: Path, model_name: str, recipe: Recipe) -> dict:
 WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
 
 
-def resolve_checkpoint(arg: str) -> Path:
+def shipped_name(model: str, seed: int = 1) -> str:
+    """The file stem of a model's shipped weights: the model's name for its seed-1 run (the weights that
+    `eval MODEL` uses); a teacher's further seeds, which teach as an ensemble, add the seed."""
+    return model if seed == 1 else f"{model}.seed{seed}"
+
+
+def resolve_checkpoint(arg: str, seed: int = 1) -> Path:
     """A checkpoint path as given, or for a model name or role the weights shipped with the package."""
     if arg in REGISTRY or arg in ROLES:
         try:
             name = get_entry(arg).name
         except UnknownModelError:  # a role no model holds yet
             name = arg
-        path = WEIGHTS_DIR / f"{name}.pt"
+        path = WEIGHTS_DIR / f"{shipped_name(name, seed)}.pt"
         if not path.is_file():
             shipped = sorted(p.stem for p in WEIGHTS_DIR.glob("*.pt")) or ["none"]
-            raise CheckpointError(f"no shipped weights for {arg} (shipped: {', '.join(shipped)})")
+            which = arg if seed == 1 else f"{arg} seed {seed}"
+            raise CheckpointError(f"no shipped weights for {which} (shipped: {', '.join(shipped)})")
         return path
     return Path(arg)

@@ -405,29 +405,37 @@ def draw_figures(results: Path, fig_dir: Path, data_dir=None) -> list[Path]:
 
 def ship_weights(results: Path, weights_dir: Path) -> list[Path]:
     """Copies the seed-1 checkpoint of the final and the tiny model, and of any model that teaches another
-    (see `Recipe.teacher`), into the package, with where it came from."""
+    (see `Recipe.teacher`; seeds 1 to `teacher_seeds` of a teacher ensemble), into the package, with where
+    it came from."""
     import shutil
 
-    from .records import write_json
+    from .records import shipped_name, write_json
 
-    teachers = {get_entry(e.recipe.teacher).name for e in REGISTRY.values() if e.recipe.teacher}
-    shipped = []
+    seeds: dict[str, int] = {}  # model -> how many of its seeds ship
     for entry in REGISTRY.values():
-        if entry.role is None and entry.name not in teachers:
-            continue
-        src = results / entry.name / "seed1.pt"
-        record = results / entry.name / "seed1.json"
-        if not (src.is_file() and record.is_file()):
-            why = f"the {entry.role} model" if entry.role else "the teacher"
-            raise ReportError(f"no seed-1 checkpoint and record of {why} {entry.name} in {results}/")
-        rec = json.loads(record.read_text())
-        weights_dir.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(src, weights_dir / f"{entry.name}.pt")
-        write_json(weights_dir / f"{entry.name}.json", {
-            "model": entry.name, "role": entry.role, "seed": rec["seed"], "record": record.as_posix(),
-            "test_acc": rec["epochs"][-1]["test_acc"], "test_correct": rec["epochs"][-1]["test_correct"],
-        })
-        shipped.append(weights_dir / f"{entry.name}.pt")
+        if entry.role is not None:
+            seeds.setdefault(entry.name, 1)
+        if entry.recipe.teacher:
+            teacher = get_entry(entry.recipe.teacher).name
+            seeds[teacher] = max(seeds.get(teacher, 1), entry.recipe.teacher_seeds)
+    shipped = []
+    for name, count in seeds.items():
+        role = REGISTRY[name].role if name in REGISTRY else None
+        for seed in range(1, count + 1):
+            src = results / name / f"seed{seed}.pt"
+            record = results / name / f"seed{seed}.json"
+            if not (src.is_file() and record.is_file()):
+                why = f"the {role} model" if role else "the teacher"
+                raise ReportError(f"no seed-{seed} checkpoint and record of {why} {name} in {results}/")
+            rec = json.loads(record.read_text())
+            dest = weights_dir / f"{shipped_name(name, seed)}.pt"
+            weights_dir.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(src, dest)
+            write_json(dest.with_suffix(".json"), {
+                "model": name, "role": role, "seed": rec["seed"], "record": record.as_posix(),
+                "test_acc": rec["epochs"][-1]["test_acc"], "test_correct": rec["epochs"][-1]["test_correct"],
+            })
+            shipped.append(dest)
     for stale in weights_dir.glob("*.pt"):  # a model that lost its role (and teaches none) no longer ships
         if stale not in shipped:
             stale.unlink()
