@@ -527,20 +527,41 @@ class Model_17(Model_14):
     """
 
 
+
 @register(
-    TAUGHT.with_overrides(teacher_seeds=3),
-    "tiny: Model_17's teacher ensemble and a quarter fewer parameters",
+    TAUGHT.with_overrides(
+        teacher_seeds=3,
+        augment=Augment(rotation=5.0, shear=0.0, translate=0.05, scale_min=0.95, scale_max=1.05, brightness=0.0,
+                        contrast=0.0),
+    ),
+    "tiny: Model_17 with milder augmentation",
     hold=3,
 )
-class Model_18(nn.Sequential):
-    """Step 18, how small.
+class Model_18(Model_14):
+    """Step 18, milder augmentation for the student.
 
-    Model_17 holds on every seed with room to spare, so its teacher ensemble may carry a smaller network.
-    Its last three separable layers are the widest and hold most of its parameters (the 1x1 mixing weights
-    grow with the product of two widths); here they take 20, 24 and 32 channels instead of 24, 32 and 36,
-    which cuts the network to 2,900 parameters. Everything else is Model_17's.
-    Params: 2,900. RF: 28.
+    A student that matches its teacher on every augmented digit spends its few parameters on rotations and
+    shifts larger than the test digits show, and Model_17 still fits the augmented training digits less well
+    than it does the test digits. Here the student sees milder warps (rotation up to 5 degrees, shifts up to
+    5 %, zoom 0.95 to 1.05: half to two thirds of the final model's ranges), and the teacher ensemble labels the same
+    warped digits. Everything else is Model_17's.
+    Params: 3,816. RF: 28.
+    """
+
+
+@register(
+    TAUGHT.with_overrides(teacher_seeds=3),
+    "tiny: Model_17 with the last layer widened to use the whole 4,000-parameter budget",
+    hold=3,
+)
+class Model_19(nn.Sequential):
+    """Step 19, the whole budget.
+
+    Model_17 still fits the augmented training digits less well than the test digits: it is short of
+    capacity. It leaves 184 of the 4,000 parameters unused; here they go to the last separable layer, 40
+    channels instead of 36, whose features the classifier reads directly. Everything else is Model_17's.
+    Params: 3,992. RF: 28.
     """
 
     def __init__(self, dropout: float = 0.0):
-        super().__init__(early_pool_layers(8, 16, 20, 24, 32, block=separable_block))
+        super().__init__(early_pool_layers(8, 16, 24, 32, 40, block=separable_block))
