@@ -521,8 +521,9 @@ class Model_17(Model_14):
 
     A student learns from its teacher's class probabilities, so a better teacher should make a better student.
     The final model's runs with seeds 1, 2 and 3 teach together: the ensemble's log-probabilities are the mean
-    of theirs (`engine.Ensemble`). Each run scores 99.47 to 99.58 % on the test digits, the three together 99.60 %.
-    It costs three teacher passes per step instead of one. Everything else is Model_14's.
+    of theirs (`engine.Ensemble`); an average of independently trained runs is, as a rule, a better classifier
+    than each of them. Each run ended at 99.47 to 99.58 % on the test digits (their records). It costs three teacher passes per step
+    instead of one. Everything else is Model_14's.
     Params: 3,816. RF: 28.
     """
 
