@@ -22,7 +22,7 @@ tinymnist train Model_12 --seed 1 --quiet
 tinymnist train Model_13 --seed 1 --quiet  # learns from the shipped Model_11 weights
 tinymnist train Model_14 --seeds 1-5 --quiet
 tinymnist train Model_15 --seeds 1-5 --quiet
-for m in Model_16 Model_17 Model_18 Model_19 Model_20; do  # from Model_17 on, three Model_11 runs teach
+for m in Model_16 Model_17 Model_18 Model_19 Model_20 Model_21; do  # from Model_17 on, three Model_11 runs teach
   tinymnist train "$m" --seeds 1-5 --quiet
 done
 tinymnist train Model_9 --seed 1 --val 10000 --out results/val --quiet
