@@ -104,3 +104,15 @@ def test_roles_in_the_registry_follow_the_committed_records(monkeypatch):
     expected = roles_from_records(Path("results"))
     for role, model in expected.items():
         assert [e.name for e in REGISTRY.values() if e.role == role] == ([model] if model else []), role
+
+
+def test_seeds_table_gives_the_mean_over_the_epochs_each_model_is_judged_on(tmp_path):
+    from tinymnist.report import seeds_table
+
+    tiny, final = history([99.0] * 12 + [99.4, 99.5, 99.6]), history([99.0] * 10 + [99.5] * 5)
+    for model, epochs in (("Model_14", tiny), ("Model_11", final)):  # a tiny model (K = 3), the final one (K = 5)
+        (tmp_path / model).mkdir()
+        (tmp_path / model / "seed1.json").write_text(json.dumps({"seed": 1, "params": 1, "epochs": epochs}))
+    rows = {line.split(" | ")[0].strip("| "): line for line in seeds_table(tmp_path).splitlines()}
+    assert "| 99.500 (K = 3) |" in rows["Model_14"] and "| 99.30 |" in rows["Model_14"]  # the mean of the last 5
+    assert "| 99.500 (K = 5) |" in rows["Model_11"]
