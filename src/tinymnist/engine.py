@@ -20,6 +20,7 @@ from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
 from .augment import augment_batch
 from .data import MEAN, STD, MNIST
+from .flat import flat_pairs, flat_parameters, flatten_
 from .model import use_fast_dropout
 from .recipe import Recipe, lr_at
 from .records import CheckpointError, load_checkpoint
@@ -54,25 +55,63 @@ def prepare(images: torch.Tensor, augment=None, channels_last: bool = False) -> 
 
 
 def configure(model: nn.Module, recipe: Recipe) -> nn.Module:
-    """Applies the recipe's speed settings to a freshly built model (neither changes its parameters)."""
+    """Applies the recipe's speed settings to a freshly built model (none changes its parameters' values);
+    its parameters and buffers end up in flat tensors (`flat.flatten_`), so the optimizer and the weight
+    average update each group in one operation."""
     if recipe.dropout_impl == "fast" and next(model.parameters()).device.type == "cpu":
         use_fast_dropout(model)
     elif recipe.dropout_impl not in ("torch", "fast"):
         raise ValueError(f"unknown dropout_impl {recipe.dropout_impl!r}; valid: torch, fast")
     if recipe.channels_last:
         model.to(memory_format=torch.channels_last)
-    return model
+    return flatten_(model)
 
 
 def make_optimizer(model: nn.Module, recipe: Recipe) -> torch.optim.Optimizer:
+    """The recipe's optimizer over the model's parameters: over their one flat tensor when the model is
+    flattened (`configure`), in which case zero the gradients with `zero_grad(set_to_none=False)`."""
+    params = flat_parameters(model)
     if recipe.optimizer == "sgd":
         return torch.optim.SGD(
-            model.parameters(), lr=recipe.lr, momentum=recipe.momentum, weight_decay=recipe.weight_decay,
+            params, lr=recipe.lr, momentum=recipe.momentum, weight_decay=recipe.weight_decay,
             nesterov=recipe.nesterov,
         )
     if recipe.optimizer == "adam":
-        return torch.optim.Adam(model.parameters(), lr=recipe.lr, weight_decay=recipe.weight_decay)
+        return torch.optim.Adam(params, lr=recipe.lr, weight_decay=recipe.weight_decay)
     raise ValueError(f"unknown optimizer {recipe.optimizer!r}; valid: sgd, adam")
+
+
+class ExponentialAverage(AveragedModel):
+    """`AveragedModel` with an exponential moving average of the weights and BatchNorm statistics, updated
+    with one operation per flat group (see `flat.py`) rather than per tensor, by the same arithmetic as
+    `get_ema_multi_avg_fn`; its state dict is AveragedModel's."""
+
+    def __init__(self, model: nn.Module, decay: float):
+        super().__init__(model, multi_avg_fn=get_ema_multi_avg_fn(decay), use_buffers=True)
+        flatten_(self.module)
+        self.decay = decay
+        self._pairs: list[tuple[torch.Tensor, torch.Tensor]] = []
+        self._source = 0  # id() of the model the pairs were made for; 0: make them (again) at the next update
+        self._first = True  # no update yet: the next one copies (read from n_averaged when the pairs are made)
+
+    def load_state_dict(self, *args, **kwargs):
+        self._source = 0
+        return super().load_state_dict(*args, **kwargs)
+
+    @torch.no_grad()
+    def update_parameters(self, model: nn.Module) -> None:
+        if self._source != id(model):  # n_averaged is read here only, not at every step (a device sync)
+            self._pairs, self._source = flat_pairs(self.module, model), id(model)
+            self._first = bool(self.n_averaged == 0)
+        for mine, theirs in self._pairs:
+            if self._first:
+                mine.copy_(theirs)
+            elif mine.is_floating_point():
+                mine.lerp_(theirs, 1 - self.decay)
+            else:  # BatchNorm's step counters, as get_ema_multi_avg_fn averages them
+                mine.copy_(mine * self.decay + theirs * (1 - self.decay))
+        self.n_averaged += 1
+        self._first = False
 
 
 def make_ema(model: nn.Module, recipe: Recipe) -> AveragedModel | None:
@@ -86,7 +125,7 @@ def make_ema(model: nn.Module, recipe: Recipe) -> AveragedModel | None:
         return None
     if not 0 < recipe.ema < 1:
         raise ValueError(f"ema must be between 0 and 1 (a decay per step), not {recipe.ema}")
-    return AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(recipe.ema), use_buffers=True)
+    return ExponentialAverage(model, recipe.ema)
 
 
 class Ensemble(nn.Module):
@@ -189,7 +228,7 @@ def train_one_epoch(
             with torch.no_grad():
                 teacher_out = teacher(x)
         loss = training_loss(out, y, recipe, teacher_out)
-        optimizer.zero_grad(set_to_none=True)
+        optimizer.zero_grad(set_to_none=False)  # a flat gradient stays in place: its segments are the grads
         loss.backward()
         optimizer.step()
         if ema is not None:
@@ -242,7 +281,12 @@ def restore_state(
     model: nn.Module, optimizer: torch.optim.Optimizer, state: dict, ema: AveragedModel | None = None
 ) -> list[dict]:
     model.load_state_dict(state["model"])
-    optimizer.load_state_dict(state["optimizer"])
+    try:
+        optimizer.load_state_dict(state["optimizer"])
+    except ValueError:  # e.g. a state saved before the parameters were flattened (one optimizer tensor per layer)
+        raise CheckpointError(
+            "the training state's optimizer does not fit this version of tinymnist; run without --resume to start again"
+        ) from None
     if ema is not None:
         ema.load_state_dict(state["ema"])
     torch.set_rng_state(state["rng"])

@@ -1,0 +1,78 @@
+"""Flat parameter storage (`flat.py`): it keeps every model's values and layouts, and trains bit for bit as
+torch's per-tensor optimizer and AveragedModel do."""
+
+import pytest
+import torch
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+
+from tinymnist.engine import (
+    configure, make_ema, make_optimizer, restore_state, set_seed, train_one_epoch, training_state,
+)
+from tinymnist.flat import flat_pairs, flat_parameters, flatten_
+from tinymnist.model import create_model, get_entry, model_names
+from tinymnist.records import CheckpointError
+
+from test_engine import fake_data
+
+
+@pytest.mark.parametrize("name", model_names())
+def test_flatten_keeps_values_and_layouts(name):
+    recipe = get_entry(name).recipe
+    model = configure(create_model(name, dropout=recipe.dropout), recipe.with_overrides(dropout_impl="torch"))
+    before = {k: (v.clone(), v.stride()) for k, v in model.state_dict().items()}
+    flatten_(model)  # configure has flattened it already; doing it again must change nothing
+    for k, v in model.state_dict().items():
+        assert torch.equal(v, before[k][0]) and v.stride() == before[k][1], k
+    (flat,) = flat_parameters(model)
+    assert flat.numel() == sum(p.numel() for p in model.parameters())
+    assert all(p.untyped_storage().data_ptr() == flat.untyped_storage().data_ptr() for p in model.parameters())
+
+
+def test_unflattened_model_is_optimized_tensor_by_tensor():
+    model = create_model("Model_6")  # not configured: the baseline pipeline's case
+    assert flat_parameters(model) == list(model.parameters())
+    tensors = len(list(model.parameters())) + len(list(model.buffers()))
+    assert len(flat_pairs(model, create_model("Model_6"))) == tensors  # the weight average goes tensor by tensor
+
+
+@pytest.mark.parametrize("name", ["Model_6", "Model_11"])  # SGD with dropout; Nesterov SGD, EMA, channels_last
+def test_flat_training_is_bit_identical_to_per_tensor_training(name):
+    recipe = get_entry(name).recipe.with_overrides(batch_size=32, dropout_impl="torch")
+    data = fake_data()
+
+    def train(flat: bool):
+        set_seed(0)
+        model = create_model(name, dropout=recipe.dropout)
+        if flat:
+            configure(model, recipe)
+            optimizer, ema = make_optimizer(model, recipe), make_ema(model, recipe)
+        else:  # torch's own: an optimizer over the parameters, AveragedModel's EMA
+            if recipe.channels_last:
+                model.to(memory_format=torch.channels_last)
+            optimizer = torch.optim.SGD(model.parameters(), lr=recipe.lr, momentum=recipe.momentum,
+                                        weight_decay=recipe.weight_decay, nesterov=recipe.nesterov)
+            ema = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(recipe.ema), use_buffers=True) \
+                if recipe.ema else None
+        for _ in range(2):
+            train_one_epoch(model, optimizer, data.train_images, data.train_labels, recipe, ema=ema)
+        return model, ema
+
+    (flat, flat_ema), (plain, plain_ema) = train(True), train(False)
+    for (k, a), b in zip(flat.state_dict().items(), plain.state_dict().values()):
+        assert torch.equal(a, b), k
+    set_seed(0)
+    first = next(iter(create_model(name, dropout=recipe.dropout).parameters()))
+    assert not torch.equal(next(iter(flat.parameters())), first)  # it trained
+    if flat_ema is not None:
+        for (k, a), b in zip(flat_ema.state_dict().items(), plain_ema.state_dict().values()):
+            assert torch.equal(a, b), k
+
+
+def test_a_state_with_per_tensor_optimizer_state_is_refused_clearly():
+    recipe = get_entry("Model_11").recipe
+    old = create_model("Model_11")  # as saved before flattening: one optimizer entry per parameter
+    old_optimizer = torch.optim.SGD(old.parameters(), lr=0.1, momentum=0.9)
+    state = training_state(old, old_optimizer, [])
+    model = configure(create_model("Model_11"), recipe)
+    with pytest.raises(CheckpointError, match="run without --resume"):
+        restore_state(model, make_optimizer(model, recipe), state)
