@@ -76,3 +76,43 @@ def test_a_state_with_per_tensor_optimizer_state_is_refused_clearly():
     model = configure(create_model("Model_11"), recipe)
     with pytest.raises(CheckpointError, match="run without --resume"):
         restore_state(model, make_optimizer(model, recipe), state)
+
+
+def test_weight_average_loaded_mid_run_continues_from_what_it_loaded():
+    recipe = get_entry("Model_11").recipe
+    set_seed(0)
+    model = configure(create_model("Model_11"), recipe)
+    ema, reference = make_ema(model, recipe), AveragedModel(
+        model, multi_avg_fn=get_ema_multi_avg_fn(recipe.ema), use_buffers=True)
+    for _ in range(3):
+        with torch.no_grad():
+            for p in model.parameters():
+                p.add_(torch.randn_like(p))
+        ema.update_parameters(model)
+        reference.update_parameters(model)
+    other = make_ema(model, recipe)
+    other.update_parameters(model)  # an update before loading: the loaded count must win over it
+    other.load_state_dict(ema.state_dict())
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(torch.randn_like(p))
+    other.update_parameters(model)
+    reference.update_parameters(model)
+    for (k, a), b in zip(other.state_dict().items(), reference.state_dict().values()):
+        assert torch.equal(a, b), k
+
+
+def test_weight_average_loaded_before_its_first_update_copies_at_the_next():
+    recipe = get_entry("Model_11").recipe
+    set_seed(0)
+    model = configure(create_model("Model_11"), recipe)
+    fresh, used = make_ema(model, recipe), make_ema(model, recipe)
+    used.update_parameters(model)
+    used.update_parameters(model)
+    used.load_state_dict(fresh.state_dict())  # back to no update at all
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(1.0)
+    used.update_parameters(model)
+    for a, b in zip(used.module.parameters(), model.parameters()):
+        assert torch.equal(a, b)
