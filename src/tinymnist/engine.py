@@ -16,7 +16,7 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+from torch.optim.swa_utils import AveragedModel
 
 from .augment import augment_batch
 from .data import MEAN, STD, MNIST
@@ -87,7 +87,7 @@ class ExponentialAverage(AveragedModel):
     `get_ema_multi_avg_fn`; its state dict is AveragedModel's."""
 
     def __init__(self, model: nn.Module, decay: float):
-        super().__init__(model, multi_avg_fn=get_ema_multi_avg_fn(decay), use_buffers=True)
+        super().__init__(model, use_buffers=True)  # the averaging itself is update_parameters below
         flatten_(self.module)
         self.decay = decay
         self._pairs: list[tuple[torch.Tensor, torch.Tensor]] = []

@@ -2,8 +2,8 @@
 operation each instead of one per layer.
 
 For networks of a few thousand parameters spread over some 20 tensors, the optimizer step and the weight
-average cost a fixed ~1 ms each per step on a CPU, almost all of it the overhead of looping over small
-tensors (see the Performance section of the README). `flatten_` moves each group (parameters, floating-point
+average cost mostly the overhead of looping over small tensors, paid at every step (see the Performance
+section of the README). `flatten_` moves each group (parameters, floating-point
 buffers, other buffers) into one flat tensor and leaves every original tensor as a view of its segment,
 with its shape and memory layout unchanged, so the modules work as before. The arithmetic does not change:
 the same element-wise updates run over the same numbers, in one call.

@@ -97,11 +97,17 @@ def _best(history: list[dict], key: str) -> tuple[float, int]:
     return row[key], row["epoch"]
 
 
+def held_and_mean(records: list[dict], hold: int) -> tuple[int, float]:
+    """On how many of the records (one model, several seeds) test accuracy holds >= TARGET in each of the
+    last `hold` epochs, and the mean of those epochs' test accuracy over all of them (0.0 without records)."""
+    held = sum(verdict(rec["epochs"], hold=hold)["held"] for rec in records)
+    lasts = [r["test_acc"] for rec in records for r in rec["epochs"][-hold:]]
+    return held, statistics.mean(lasts) if lasts else 0.0
+
+
 def assess(records: list[dict], goal: Goal) -> dict:
     """How `records` (one model, several seeds) fare against `goal`; the mean is not rounded before judging."""
-    held = sum(verdict(rec["epochs"], hold=goal.hold)["held"] for rec in records)
-    lasts = [r["test_acc"] for rec in records for r in rec["epochs"][-goal.hold:]]
-    mean = statistics.mean(lasts) if lasts else 0.0
+    held, mean = held_and_mean(records, goal.hold)
     params = records[0]["params"] if records else 0
     met = (
         bool(records) and len(records) >= goal.seeds and held == len(records) and params <= goal.max_params
@@ -213,10 +219,9 @@ def seeds_table(results: Path) -> str:
             continue
         lasts = [r["test_acc"] for rec in records for r in rec["epochs"][-HOLD:]]
         hold = REGISTRY[model].hold
-        held = sum(verdict(rec["epochs"], hold=hold)["held"] for rec in records)
+        held, target_mean = held_and_mean(records, hold)
         best = max(r["test_acc"] for rec in records for r in rec["epochs"])
         std = statistics.stdev(lasts) if len(lasts) > 1 else 0.0
-        target_mean = statistics.mean(r["test_acc"] for rec in records for r in rec["epochs"][-hold:])
         lines.append(
             f"| {model} | {records[0]['params']:,} | {', '.join(str(r['seed']) for r in records)} | "
             f"{statistics.mean(lasts):.2f} | {std:.2f} | {min(lasts):.2f} | {best:.2f} | "
