@@ -116,3 +116,15 @@ def test_seeds_table_gives_the_mean_over_the_epochs_each_model_is_judged_on(tmp_
     rows = {line.split(" | ")[0].strip("| "): line for line in seeds_table(tmp_path).splitlines()}
     assert "| 99.500 (K = 3) |" in rows["Model_14"] and "| 99.30 |" in rows["Model_14"]  # the mean of the last 5
     assert "| 99.500 (K = 5) |" in rows["Model_11"]
+
+
+def test_bench_records_are_listed_in_numeric_order(tmp_path):
+    folder = tmp_path / "bench"
+    folder.mkdir()
+    machine = {"cpu": "x", "cores": 2, "torch_threads": 2, "system": "Linux"}
+    for name in ("10-late.json", "2-early.json"):
+        rec = {"model": name, "reference": "Model_6", "epochs": 15, "fast_seconds": 1.0, "baseline_seconds": 2.0,
+               "ratio": 2.0, "machine": machine, "command": name, "torch": "2"}
+        (folder / name).write_text(json.dumps(rec))
+    table = bench_tables(tmp_path)
+    assert table.index("2-early.json") < table.index("10-late.json")

@@ -11,6 +11,7 @@ import math
 import torch
 import torch.nn.functional as F
 
+from .kernels import outer_affine_grid
 from .recipe import Augment
 
 
@@ -18,8 +19,11 @@ def _uniform(n: int, lo: float, hi: float, device, generator=None) -> torch.Tens
     return torch.rand(n, device=device, generator=generator) * (hi - lo) + lo
 
 
-def random_affine(x: torch.Tensor, aug: Augment, generator=None) -> torch.Tensor:
-    """Rotates, x-shears, scales and shifts each image of `x` (B, 1, H, W) about its centre; fills with 0."""
+def random_affine(x: torch.Tensor, aug: Augment, generator=None, outer_grid: bool = False) -> torch.Tensor:
+    """Rotates, x-shears, scales and shifts each image of `x` (B, 1, H, W) about its centre; fills with 0.
+
+    `outer_grid` builds the sampling grid with `kernels.outer_affine_grid`, cheaper on a CPU and equal to
+    `F.affine_grid`'s up to float rounding."""
     b, dev = x.shape[0], x.device
     angle = _uniform(b, -aug.rotation, aug.rotation, dev, generator) * (math.pi / 180)
     shear = _uniform(b, -aug.shear, aug.shear, dev, generator) * (math.pi / 180)
@@ -31,7 +35,10 @@ def random_affine(x: torch.Tensor, aug: Augment, generator=None) -> torch.Tensor
     a = torch.stack([cos, cos * tan - sin, sin, sin * tan + cos], dim=1).view(b, 2, 2) * scale.view(b, 1, 1)
     inv = torch.linalg.inv(a)
     theta = torch.cat([inv, -(inv @ shift.unsqueeze(2))], dim=2)  # (B, 2, 3)
-    grid = F.affine_grid(theta, list(x.shape), align_corners=False)
+    if outer_grid:
+        grid = outer_affine_grid(theta, x.shape[2], x.shape[3])
+    else:
+        grid = F.affine_grid(theta, list(x.shape), align_corners=False)
     return F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
 
 
@@ -45,6 +52,6 @@ def color_jitter(x: torch.Tensor, aug: Augment, generator=None) -> torch.Tensor:
     return ((x - mean) * contrast + mean).clamp_(0, 1)
 
 
-def augment_batch(x: torch.Tensor, aug: Augment, generator=None) -> torch.Tensor:
+def augment_batch(x: torch.Tensor, aug: Augment, generator=None, outer_grid: bool = False) -> torch.Tensor:
     """The full augmentation of a (B, 1, H, W) batch in [0, 1]."""
-    return color_jitter(random_affine(x, aug, generator), aug, generator)
+    return color_jitter(random_affine(x, aug, generator, outer_grid), aug, generator)

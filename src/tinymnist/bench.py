@@ -156,8 +156,10 @@ def option_variants(base: Recipe) -> tuple[str, dict, list[tuple[str, dict, obje
             ("nn.Dropout2d (whole channels: another regulariser)", {}, lambda m: replace_dropout(m, nn.Dropout2d), False),
             ("no dropout", {"dropout": 0.0}, None, False),
         ]
+    kernels = "PyTorch's kernels instead of the fast ones" if base.kernels == "fast" else "fast kernels (kernels.py)"
     variants += [
         (f"{start_label} + {layout}", {**fast, "channels_last": not base.channels_last}, None, False),
+        (f"{start_label} + {kernels}", {**fast, "kernels": "torch" if base.kernels == "fast" else "fast"}, None, False),
         (f"{start_label} + bfloat16 autocast", fast, None, True),
     ]
     variants += [(f"{start_label}, batch {b}", {**fast, "batch_size": b}, None, False) for b in (128, 256) if b != base.batch_size]
@@ -228,7 +230,8 @@ def compare(model_name: str, data: MNIST, device, batches: int = 100, repeat: in
         "device": str(device),
         "threads": torch.get_num_threads(),
         "batch_size": fast_recipe.batch_size,
-        "settings": {"dropout_impl": fast_recipe.dropout_impl, "channels_last": fast_recipe.channels_last},
+        "settings": {"dropout_impl": fast_recipe.dropout_impl, "channels_last": fast_recipe.channels_last,
+                     "kernels": fast_recipe.kernels},
         "fast_img_s": round(f, 1),
         "baseline_img_s": round(b, 1),
         "ratio": round(f / b, 2),

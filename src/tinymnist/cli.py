@@ -17,6 +17,7 @@ from . import report
 from .data import DataError, load_mnist
 from .export import ExportError
 from .predict import ImageError
+from .recipe import KERNELS
 from .engine import Diverged, evaluate, fit, pick_device, set_seed
 from .model import REGISTRY, UnknownModelError, count_params, create_model, get_entry, resolve_name
 from .records import (
@@ -297,7 +298,7 @@ def cmd_bench(args) -> None:
         print(f"speed-up: {res['ratio']:.2f}x")
         return
     overrides = {k: v for k, v in (("batch_size", args.batch_size), ("dropout_impl", args.dropout_impl),
-                                   ("channels_last", args.channels_last)) if v is not None}
+                                   ("channels_last", args.channels_last), ("kernels", args.kernels)) if v is not None}
     res = bench.compare(model, data, device, args.batches, args.repeat, **overrides)
     _save_bench(args, res)
     if args.json:
@@ -397,6 +398,7 @@ def build_parser() -> Parser:
     s.add_argument("--repeat", type=positive_int, default=3, help="repetitions (the median is reported)")
     s.add_argument("--batch-size", type=positive_int, help="the project pipeline's batch size (default: the recipe's)")
     s.add_argument("--dropout-impl", choices=["torch", "fast"], help="override the dropout implementation")
+    s.add_argument("--kernels", choices=KERNELS, help="override the ReLU + BatchNorm and augmentation-grid kernels")
     s.add_argument("--channels-last", type=lambda v: {"yes": True, "no": False}[v], choices=[True, False],
                    metavar="yes|no", help="override the memory layout")
     s.add_argument("--epochs", type=positive_int,

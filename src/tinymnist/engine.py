@@ -21,8 +21,9 @@ from torch.optim.swa_utils import AveragedModel
 from .augment import augment_batch
 from .data import MEAN, STD, MNIST
 from .flat import flat_pairs, flat_parameters, flatten_
+from .kernels import fuse_relu_batchnorm
 from .model import use_fast_dropout
-from .recipe import Recipe, lr_at
+from .recipe import KERNELS, Recipe, lr_at
 from .records import CheckpointError, load_checkpoint
 
 
@@ -45,11 +46,12 @@ def pick_device(name: str = "auto") -> torch.device:
     return torch.device(name)
 
 
-def prepare(images: torch.Tensor, augment=None, channels_last: bool = False) -> torch.Tensor:
-    """uint8 (B, 28, 28) -> normalised float (B, 1, 28, 28), augmented on the way when asked."""
+def prepare(images: torch.Tensor, augment=None, channels_last: bool = False, outer_grid: bool = False) -> torch.Tensor:
+    """uint8 (B, 28, 28) -> normalised float (B, 1, 28, 28), augmented on the way when asked (`outer_grid`:
+    see `augment.random_affine`)."""
     x = images.unsqueeze(1).float().div_(255)
     if augment is not None:
-        x = augment_batch(x, augment)
+        x = augment_batch(x, augment, outer_grid=outer_grid)
     x = (x - MEAN) / STD
     return x.contiguous(memory_format=torch.channels_last) if channels_last else x
 
@@ -58,10 +60,15 @@ def configure(model: nn.Module, recipe: Recipe) -> nn.Module:
     """Applies the recipe's speed settings to a freshly built model (none changes its parameters' values);
     its parameters and buffers end up in flat tensors (`flat.flatten_`), so the optimizer and the weight
     average update each group in one operation."""
-    if recipe.dropout_impl == "fast" and next(model.parameters()).device.type == "cpu":
+    on_cpu = next(model.parameters()).device.type == "cpu"
+    if recipe.dropout_impl == "fast" and on_cpu:
         use_fast_dropout(model)
     elif recipe.dropout_impl not in ("torch", "fast"):
         raise ValueError(f"unknown dropout_impl {recipe.dropout_impl!r}; valid: torch, fast")
+    if recipe.kernels == "fast" and on_cpu:
+        fuse_relu_batchnorm(model)
+    elif recipe.kernels not in KERNELS:
+        raise ValueError(f"unknown kernels {recipe.kernels!r}; valid: {', '.join(KERNELS)}")
     if recipe.channels_last:
         model.to(memory_format=torch.channels_last)
     return flatten_(model)
@@ -221,7 +228,7 @@ def train_one_epoch(
         if lr_at_step is not None:
             for group in optimizer.param_groups:
                 group["lr"] = lr_at_step(step / steps)
-        x, y = prepare(images[idx], recipe.augment, recipe.channels_last), labels[idx]
+        x, y = prepare(images[idx], recipe.augment, recipe.channels_last, recipe.kernels == "fast"), labels[idx]
         out = model(x)
         teacher_out = None
         if teacher is not None:

@@ -46,6 +46,7 @@ class Recipe:
     dropout: float = 0.0  # dropout probability after each convolution but the last (0 = no dropout layers)
     augment: Augment | None = None  # None trains on the images as they are
     dropout_impl: str = "torch"  # "torch": nn.Dropout; "fast": the same element-wise dropout, cheaper masks on CPU
+    kernels: str = "torch"  # "fast": ReLU + BatchNorm in one function on CPU, a cheaper augmentation grid (kernels.py)
     channels_last: bool = False  # NHWC memory layout for convolutions (see the Performance section of the README)
     ema: float = 0.0  # > 0: evaluate and save an exponential moving average of the weights, this decay per step
     teacher: str | None = None  # a model whose shipped weights teach this one (knowledge distillation)
@@ -75,6 +76,7 @@ class Recipe:
 
 OPTIMIZERS = ("sgd", "adam")
 SCHEDULES = ("constant", "exp", "step", "onecycle")
+KERNELS = ("torch", "fast")
 
 
 def lr_at(recipe: Recipe, epoch: float) -> float:

@@ -291,10 +291,16 @@ def models_table() -> str:
     return "\n".join(lines)
 
 
+def _numbered(path: Path) -> tuple[int, str]:
+    """Sort key putting "2-x.json" before "10-y.json": by the leading number, then by name."""
+    head = path.name.split("-", 1)[0]
+    return (int(head) if head.isdigit() else 1 << 30, path.name)
+
+
 def bench_tables(results: Path) -> str:
     """The Performance figures, from the records that `tinymnist bench --save` wrote to results/bench/."""
     recs = []
-    for path in sorted((results / "bench").glob("*.json")):
+    for path in sorted((results / "bench").glob("*.json"), key=_numbered):
         rec = json.loads(path.read_text())
         rec["_path"] = path.as_posix()
         recs.append(rec)

@@ -1,0 +1,129 @@
+"""The fast CPU kernels (`kernels.py`, `Recipe.kernels="fast"`) compute what PyTorch's operations compute."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from tinymnist.engine import configure, make_ema, make_optimizer, prepare, set_seed, train_one_epoch
+from tinymnist.kernels import ReluBatchNorm2d, fuse_relu_batchnorm, outer_affine_grid
+from tinymnist.model import create_model, get_entry, model_names
+
+from test_engine import fake_data
+
+
+def relu_batchnorm(x, weight, bias, fused: bool):
+    """Training-mode ReLU + BatchNorm of `x`, fused or PyTorch's; returns the output, the gradients for a
+    fixed output gradient and the running statistics after the step."""
+    x, weight, bias = (t.detach().clone().requires_grad_() for t in (x, weight, bias))
+    c = x.shape[1]
+    bn = ReluBatchNorm2d(c) if fused else nn.BatchNorm2d(c)
+    bn = bn.to(x.dtype)
+    with torch.no_grad():
+        bn.weight.copy_(weight)
+        bn.bias.copy_(bias)
+    y = bn(x) if fused else bn(F.relu(x))
+    grad_y = torch.linspace(-1, 1, y.numel(), dtype=x.dtype).view_as(y)
+    y.backward(grad_y)
+    return [y, bn.weight.grad, bn.bias.grad, bn.running_mean, bn.running_var]
+
+
+@pytest.mark.parametrize("shape", [(16, 8, 13, 13), (9, 12, 11, 11), (4, 24, 5, 7)])
+@pytest.mark.parametrize("layout", [torch.channels_last, torch.contiguous_format])
+def test_relu_batchnorm_matches_pytorch_computed_in_float64(shape, layout):
+    g = torch.Generator().manual_seed(0)
+    x = (torch.randn(shape, generator=g) * 2 + 0.3).to(memory_format=layout)
+    weight, bias = torch.rand(shape[1], generator=g) + 0.5, torch.randn(shape[1], generator=g)
+    exact = relu_batchnorm(x.double(), weight.double(), bias.double(), fused=False)
+    fused = relu_batchnorm(x, weight, bias, fused=True)
+    for got, want in zip(fused, exact):
+        assert got.dtype == torch.float32
+        torch.testing.assert_close(got.double(), want, rtol=1e-5, atol=1e-5)
+    x_grad = [x.detach().clone().requires_grad_() for _ in range(2)]
+    outs = [ReluBatchNorm2d(shape[1])(x_grad[0]), nn.BatchNorm2d(shape[1]).double()(F.relu(x_grad[1].double()))]
+    for out, xg in zip(outs, x_grad):
+        out.backward(torch.ones_like(out) * torch.arange(out.numel(), dtype=out.dtype).view_as(out) / out.numel())
+    torch.testing.assert_close(x_grad[0].grad.double(), x_grad[1].grad.double(), rtol=1e-4, atol=1e-5)
+
+
+def test_relu_batchnorm_counts_batches_and_evaluates_as_pytorch():
+    x = torch.randn(8, 12, 6, 6)
+    fused, plain = ReluBatchNorm2d(12), nn.BatchNorm2d(12)
+    fused(x)
+    plain(F.relu(x))
+    assert fused.num_batches_tracked.item() == plain.num_batches_tracked.item() == 1
+    fused.eval()
+    plain.eval()
+    plain.load_state_dict(fused.state_dict())
+    assert torch.equal(fused(x), plain(F.relu(x)))
+
+
+def test_fuse_keeps_the_state_dict_and_fuses_only_slow_channel_counts():
+    model = create_model("Model_23")
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    x = torch.randn(4, 1, 28, 28)
+    expected = model.eval()(x)
+    fuse_relu_batchnorm(model.train())
+    fused = [m.num_features for m in model.modules() if isinstance(m, ReluBatchNorm2d)]
+    assert fused == [8, 12]  # the 16-channel layers keep PyTorch's BatchNorm, fast for them
+    after = model.state_dict()
+    assert after.keys() == before.keys() and all(torch.equal(after[k], v) for k, v in before.items())
+    assert torch.equal(model.eval()(x), expected)
+
+
+@pytest.mark.parametrize("size", [(28, 28), (13, 20)])
+def test_outer_affine_grid_matches_affine_grid(size):
+    theta = torch.randn(16, 2, 3, generator=torch.Generator().manual_seed(1))
+    want = F.affine_grid(theta, [16, 1, *size], align_corners=False)
+    torch.testing.assert_close(outer_affine_grid(theta, *size), want, rtol=0, atol=2e-6)
+
+
+FAST_MODELS = [n for n in model_names() if get_entry(n).recipe.kernels == "fast"]
+
+
+def gradients(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    model.train()
+    F.nll_loss(model(x), y).backward()
+    return torch.cat([p.grad.flatten() for p in model.parameters()]).double()
+
+
+@pytest.mark.parametrize("name", FAST_MODELS)
+def test_fast_kernels_give_pytorchs_gradients(name):
+    """One training step's gradients with the fast kernels in float32, against PyTorch's own in float64.
+
+    On these random images both the fast kernels and PyTorch's own in float32 are about 0.2-0.8 % away (by
+    norm; max-pool and ReLU choices flip where float32 rounding differs); a wrong formula is much further."""
+    data = fake_data(128)
+    x, y = prepare(data.train_images, channels_last=True), data.train_labels
+    set_seed(0)
+    initial = create_model(name).state_dict()
+    grads = {}
+    for kernels, dtype in (("fast", torch.float32), ("torch", torch.float64)):
+        model = create_model(name).to(dtype)
+        model.load_state_dict(initial)
+        model = configure(model, get_entry(name).recipe.with_overrides(kernels=kernels))
+        assert any(isinstance(m, ReluBatchNorm2d) for m in model.modules()) == (kernels == "fast")
+        grads[kernels] = gradients(model, x.to(dtype), y)
+    error = torch.linalg.norm(grads["fast"] - grads["torch"]) / torch.linalg.norm(grads["torch"])
+    assert error < 2e-2
+
+
+@pytest.mark.parametrize("name", FAST_MODELS)
+def test_fast_kernels_train_as_pytorchs_do(name):
+    """An epoch with augmentation, with the fast kernels and with PyTorch's own: the same mean loss, up to
+    float32 rounding grown over four steps."""
+    data = fake_data(256)
+    losses = []
+    for kernels in ("fast", "torch"):
+        recipe = get_entry(name).recipe.with_overrides(kernels=kernels, batch_size=64)
+        set_seed(0)
+        model = configure(create_model(name), recipe)
+        opt, ema = make_optimizer(model, recipe), make_ema(model, recipe)
+        losses.append(train_one_epoch(model, opt, data.train_images, data.train_labels, recipe, ema=ema).loss)
+    assert losses[0] == pytest.approx(losses[1], rel=1e-3)
+
+
+def test_unknown_kernels_is_an_error():
+    recipe = get_entry("Model_23").recipe.with_overrides(kernels="turbo")
+    with pytest.raises(ValueError, match="unknown kernels 'turbo'; valid: torch, fast"):
+        configure(create_model("Model_23"), recipe)
