@@ -27,6 +27,7 @@ for m in Model_16 Model_17 Model_18 Model_19 Model_20 Model_21 Model_22 Model_23
 done
 tinymnist train Model_9 --seed 1 --val 10000 --out results/val --quiet
 tinymnist train Model_11 --seed 1 --val 10000 --out results/val --quiet
+tinymnist train Model_26 --seed 1 --val 10000 --out results/val --quiet
 # speed
 tinymnist bench Model_6 --save results/bench/1-same-network.json
 tinymnist bench Model_6 --batch-size 256 --save results/bench/2-same-network-batch256.json
@@ -37,4 +38,8 @@ tinymnist bench Model_7 --epochs 15 --save results/bench/8-end-to-end-Model_7.js
 tinymnist bench Model_11 --save results/bench/6-final-channels-last.json
 tinymnist bench Model_11 --channels-last no --save results/bench/7-final-nchw.json
 tinymnist bench Model_11 --options --save results/bench/9-options-final.json
+tinymnist bench Model_24 --epochs 15 --save results/bench/10-end-to-end-Model_24.json
+tinymnist bench Model_23 --epochs 15 --save results/bench/11-end-to-end-Model_23.json
+tinymnist bench Model_25 --epochs 15 --save results/bench/12-end-to-end-Model_25.json
+tinymnist bench Model_11 --epochs 15 --save results/bench/13-end-to-end-Model_11.json
 tinymnist report

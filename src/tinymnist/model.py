@@ -651,8 +651,8 @@ class Model_23(nn.Sequential):
     ReLU, BatchNorm and max-pool go over four times as many activations as any later layer, and on a CPU
     they cost about as much as all the convolutions after them (see the Performance section of the
     README). Here the max-pool comes straight after the convolution, so the ReLU and BatchNorm work at
-    13x13; the parameters are Model_9's. Its recipe is Model_9's with `kernels="fast"` (kernels.py): ReLU and BatchNorm
-    as one function for the layers of 8 and 12 channels, and a cheaper grid for the augmentation.
+    13x13; the parameters are Model_9's. Its recipe is Model_9's with `kernels="fast"` (kernels.py): ReLU
+    and BatchNorm as one function for the layers of 8 and 12 channels, and a cheaper augmentation grid.
     Params: 7,568. RF: 28.
     """
 
