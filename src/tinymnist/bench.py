@@ -156,10 +156,11 @@ def option_variants(base: Recipe) -> tuple[str, dict, list[tuple[str, dict, obje
             ("nn.Dropout2d (whole channels: another regulariser)", {}, lambda m: replace_dropout(m, nn.Dropout2d), False),
             ("no dropout", {"dropout": 0.0}, None, False),
         ]
-    kernels = "PyTorch's kernels instead of the fast ones" if base.kernels == "fast" else "fast kernels (kernels.py)"
+    other_kernels = "torch" if base.kernels == "fast" else "fast"
+    kernels = {"torch": "PyTorch's kernels instead of the fast ones", "fast": "fast kernels (kernels.py)"}[other_kernels]
     variants += [
         (f"{start_label} + {layout}", {**fast, "channels_last": not base.channels_last}, None, False),
-        (f"{start_label} + {kernels}", {**fast, "kernels": "torch" if base.kernels == "fast" else "fast"}, None, False),
+        (f"{start_label} + {kernels}", {**fast, "kernels": other_kernels}, None, False),
         (f"{start_label} + bfloat16 autocast", fast, None, True),
     ]
     variants += [(f"{start_label}, batch {b}", {**fast, "batch_size": b}, None, False) for b in (128, 256) if b != base.batch_size]
