@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Regenerates every committed record in results/, one run at a time, then the README's generated sections,
-# the figures and the shipped weights. About 8.5 hours on 2 CPU cores; run it in the background:
+# the figures and the shipped weights. About 9 hours on 2 CPU cores; run it in the background:
 #   nohup scripts/experiments.sh > experiments.log 2>&1 &
 # Benchmarks last, on a quiet machine: their figures are only meaningful when nothing else runs.
 set -euo pipefail
@@ -22,7 +22,7 @@ tinymnist train Model_12 --seed 1 --quiet
 tinymnist train Model_13 --seed 1 --quiet  # learns from the shipped Model_11 weights
 tinymnist train Model_14 --seeds 1-5 --quiet
 tinymnist train Model_15 --seeds 1-5 --quiet
-for m in Model_16 Model_17 Model_18 Model_19 Model_20 Model_21 Model_22 Model_23 Model_24 Model_25 Model_26; do  # Model_17 to 21: three Model_11 runs teach
+for m in Model_16 Model_17 Model_18 Model_19 Model_20 Model_21 Model_22 Model_23 Model_24 Model_25 Model_26 Model_27 Model_28 Model_29; do  # Model_17 to 21: three Model_11 runs teach
   tinymnist train "$m" --seeds 1-5 --quiet
 done
 tinymnist train Model_9 --seed 1 --val 10000 --out results/val --quiet
@@ -42,4 +42,6 @@ tinymnist bench Model_24 --epochs 15 --save results/bench/10-end-to-end-Model_24
 tinymnist bench Model_23 --epochs 15 --save results/bench/11-end-to-end-Model_23.json
 tinymnist bench Model_25 --epochs 15 --save results/bench/12-end-to-end-Model_25.json
 tinymnist bench Model_11 --epochs 15 --save results/bench/13-end-to-end-Model_11.json
+tinymnist bench Model_27 --epochs 15 --save results/bench/14-end-to-end-Model_27.json
+tinymnist bench Model_29 --epochs 15 --save results/bench/15-end-to-end-Model_29.json
 tinymnist report
