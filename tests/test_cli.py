@@ -150,9 +150,15 @@ def test_bench_epochs_times_the_final_model_end_to_end(mnist_dir):
     res = json.loads(proc.stdout)
     assert res["epochs"] == 1 and res["fast_seconds"] > 0 and res["baseline_seconds"] > 0
     assert res["model"] == json.loads(run_cli("summary", "final", "--json").stdout)["model"]
-    other = run_cli("bench", "Model_9", "--epochs", "1", "--limit", "640", "--json", "--data-dir", str(mnist_dir),
-                    "--device", "cpu")
-    assert other.returncode == 0 and json.loads(other.stdout)["model"] == "Model_9"
+    assert res["repeat"] == 1 and res["fast_runs"] == [res["fast_seconds"]]
+    other = run_cli("bench", "Model_9", "--epochs", "1", "--repeat", "2", "--limit", "640", "--json", "--data-dir",
+                    str(mnist_dir), "--device", "cpu")
+    assert other.returncode == 0, other.stderr
+    res = json.loads(other.stdout)
+    assert res["model"] == "Model_9" and res["repeat"] == 2
+    assert len(res["fast_runs"]) == len(res["baseline_runs"]) == 2
+    assert res["fast_seconds"] == pytest.approx(sum(res["fast_runs"]) / 2, abs=0.1)  # the median of two
+    assert res["ratio"] == pytest.approx(res["baseline_seconds"] / res["fast_seconds"], rel=0.1)  # of rounded figures
 
 
 def test_roles_name_one_final_and_at_most_one_tiny():

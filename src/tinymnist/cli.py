@@ -286,25 +286,30 @@ def cmd_bench(args) -> None:
             print(f"{r['img_s']:8.0f} images/s  {r['variant']}")
         return
     if args.epochs:
-        res = bench.end_to_end(model, args.reference, data, device, args.epochs)
+        res = bench.end_to_end(model, args.reference, data, device, args.epochs, repeat=args.repeat or 1)
         _save_bench(args, res)
         if args.json:
             print(json.dumps(res, indent=1))
             return
-        print(f"{res['model']}, own recipe, {res['epochs']} epochs with evaluation: {res['fast_seconds']:.1f} s "
-              f"(last test accuracy {res['fast_last_test_acc']:.2f}%)")
-        print(f"{res['reference']}, baseline pipeline: {res['baseline_seconds']:.1f} s "
+
+        def runs(key: str) -> str:
+            return f", median of {', '.join(f'{v:.1f}' for v in res[key])}" if res["repeat"] > 1 else ""
+
+        print(f"{res['model']}, own recipe, {res['epochs']} epochs with evaluation: {res['fast_seconds']:.1f} s"
+              f"{runs('fast_runs')} (last test accuracy {res['fast_last_test_acc']:.2f}%)")
+        print(f"{res['reference']}, baseline pipeline: {res['baseline_seconds']:.1f} s{runs('baseline_runs')} "
               f"(from {res['baseline_img_s']:.0f} images/s plus evaluation, scaled to {res['epochs']} epochs)")
         print(f"speed-up: {res['ratio']:.2f}x")
         return
     overrides = {k: v for k, v in (("batch_size", args.batch_size), ("dropout_impl", args.dropout_impl),
                                    ("channels_last", args.channels_last), ("kernels", args.kernels)) if v is not None}
-    res = bench.compare(model, data, device, args.batches, args.repeat, **overrides)
+    repeat = args.repeat or 3
+    res = bench.compare(model, data, device, args.batches, repeat, **overrides)
     _save_bench(args, res)
     if args.json:
         print(json.dumps(res, indent=1))
         return
-    print(f"{res['model']} on {res['device']} ({res['threads']} threads), median of {args.repeat} runs:")
+    print(f"{res['model']} on {res['device']} ({res['threads']} threads), median of {repeat} runs:")
     settings = ", ".join(f"{k}={v}" for k, v in res["settings"].items())
     print(f"  project pipeline (batch {res['batch_size']}, {settings}): {res['fast_img_s']:8.0f} images/s  "
           f"{res['fast_gflop_s']:.1f} GFLOP/s")
@@ -395,7 +400,8 @@ def build_parser() -> Parser:
     s = sub.add_parser("bench", help="images/s of the project's pipeline against the per-sample PIL baseline")
     s.add_argument("model", nargs="?", help="the network (default: Model_6; with --epochs, the final model)")
     s.add_argument("--batches", type=positive_int, default=100, help="timed batches per repetition")
-    s.add_argument("--repeat", type=positive_int, default=3, help="repetitions (the median is reported)")
+    s.add_argument("--repeat", type=positive_int,
+                   help="repetitions, the median is reported (default 3; with --epochs 1, as each is a whole run)")
     s.add_argument("--batch-size", type=positive_int, help="the project pipeline's batch size (default: the recipe's)")
     s.add_argument("--dropout-impl", choices=["torch", "fast"], help="override the dropout implementation")
     s.add_argument("--kernels", choices=KERNELS, help="override the ReLU + BatchNorm and augmentation-grid kernels")

@@ -322,8 +322,10 @@ def bench_tables(results: Path) -> str:
                 f"**{rec['ratio']:.2f}x** | [{Path(rec['_path']).name}]({rec['_path']}) |"
             )
         else:
+            runs = rec.get("repeat", 1)
+            how = f", median of {runs} runs" if runs > 1 else ", one run"
             lines.append(
-                f"| {rec['epochs']} epochs with evaluation: {rec['model']} (own recipe) vs {rec['reference']} "
+                f"| {rec['epochs']} epochs with evaluation{how}: {rec['model']} (own recipe) vs {rec['reference']} "
                 f"(baseline) | {rec['fast_seconds']:.1f} s | {rec['baseline_seconds']:.1f} s | "
                 f"**{rec['ratio']:.2f}x** | [{Path(rec['_path']).name}]({rec['_path']}) |"
             )
