@@ -31,7 +31,7 @@ tinymnist train Model_26 --seed 1 --val 10000 --out results/val --quiet
 # speed
 tinymnist bench Model_6 --save results/bench/1-same-network.json
 tinymnist bench Model_6 --batch-size 256 --save results/bench/2-same-network-batch256.json
-tinymnist bench --epochs 15 --save results/bench/3-end-to-end.json
+tinymnist bench --epochs 15 --repeat 3 --save results/bench/3-end-to-end.json
 tinymnist bench Model_6 --options --save results/bench/4-options.json
 tinymnist bench Model_9 --epochs 15 --save results/bench/5-end-to-end-Model_9.json
 tinymnist bench Model_7 --epochs 15 --save results/bench/8-end-to-end-Model_7.json
@@ -41,7 +41,7 @@ tinymnist bench Model_11 --options --save results/bench/9-options-final.json
 tinymnist bench Model_24 --epochs 15 --save results/bench/10-end-to-end-Model_24.json
 tinymnist bench Model_23 --epochs 15 --save results/bench/11-end-to-end-Model_23.json
 tinymnist bench Model_25 --epochs 15 --save results/bench/12-end-to-end-Model_25.json
-tinymnist bench Model_11 --epochs 15 --save results/bench/13-end-to-end-Model_11.json
-tinymnist bench Model_27 --epochs 15 --save results/bench/14-end-to-end-Model_27.json
-tinymnist bench Model_29 --epochs 15 --save results/bench/15-end-to-end-Model_29.json
+tinymnist bench Model_11 --epochs 15 --repeat 3 --save results/bench/13-end-to-end-Model_11.json
+tinymnist bench Model_27 --epochs 15 --repeat 3 --save results/bench/14-end-to-end-Model_27.json
+tinymnist bench Model_29 --epochs 15 --repeat 3 --save results/bench/15-end-to-end-Model_29.json
 tinymnist report
