@@ -277,7 +277,7 @@ def cmd_bench(args) -> None:
     if args.save:
         _check_writable(Path(args.save).parent)
     if args.options:
-        rows = bench.options(model, data, device)
+        rows = bench.options(model, data, device, repeat=args.repeat or 3)
         res = {"model": model, "device": str(device), "options": rows}
         _save_bench(args, res)
         if args.json:

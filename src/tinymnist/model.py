@@ -711,7 +711,8 @@ class Model_27(Model_9):
     Batch 256 (Model_24) is the one recipe so far that trains in under 2.5 minutes, but it held on 4 seeds
     of 5, and steps 23 to 25 show its network, pooled before the first BatchNorm, costing some accuracy at
     every batch size. This is Model_24's recipe on Model_9's network, which normalises the first layer at
-    26x26 as Model_11 does: more work per image, but with the fast kernels still within the budget.
+    26x26 as Model_11 does: more work per image, which the fast kernels were to keep within the budget
+    (step 27 in the README has what it came to).
     Params: 7,568. RF: 28.
     """
 
