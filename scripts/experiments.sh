@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Regenerates every committed record in results/, one run at a time, then the README's generated sections,
-# the figures and the shipped weights. About 9 hours on 2 CPU cores; run it in the background:
+# the figures and the shipped weights. About 10 hours on 2 CPU cores; run it in the background:
 #   nohup scripts/experiments.sh > experiments.log 2>&1 &
 # Benchmarks last, on a quiet machine: their figures are only meaningful when nothing else runs.
 set -euo pipefail
