@@ -20,3 +20,11 @@ def test_option_variants_follow_the_recipe(name):
     layout = "NCHW instead of channels_last" if recipe.channels_last else "+ channels_last"
     assert any(layout in label for label in labels)
     assert not any(f"batch {recipe.batch_size}" in label for label in labels[1:])  # no variant repeats the recipe's batch
+
+
+@pytest.mark.parametrize("name", ["Model_11", "Model_26", "Model_31"])
+def test_option_variants_time_every_other_kernels_setting(name):
+    recipe = get_entry(name).recipe
+    _, _, variants = option_variants(recipe)
+    kernels = [overrides["kernels"] for _, overrides, *_ in variants if "kernels" in overrides]
+    assert sorted(kernels) == sorted(k for k in ("torch", "fast", "fast+pool") if k != recipe.kernels)

@@ -8,7 +8,7 @@ from dataclasses import replace
 import pytest
 import torch
 
-from tinymnist.engine import Ensemble, fit, make_teacher, set_seed, training_loss
+from tinymnist.engine import Ensemble, fit, make_teacher, predict, set_seed, training_loss
 from tinymnist.model import REGISTRY, create_model, get_entry
 from tinymnist.recipe import Recipe
 from tinymnist.records import WEIGHTS_DIR, CheckpointError, shipped_name
@@ -54,11 +54,30 @@ def test_distillation_loss_is_zero_when_student_agrees_with_teacher_and_only_it_
         (dict(distill=0.0), "distill must be in (0, 1]"),
         (dict(distill=1.5), "distill must be in (0, 1]"),
         (dict(temperature=0.0), "temperature must be positive"),
+        ({"teacher": None, "distill": 0.0, "teacher_cache": True}, "teacher_cache needs a teacher"),
     ],
 )
 def test_bad_distillation_settings_are_errors(overrides, fragment):
     with pytest.raises(ValueError, match=fragment.replace("(", r"\(").replace("]", r"\]")):
         make_teacher(TAUGHT.with_overrides(**overrides), torch.device("cpu"))
+
+
+def test_a_cached_teacher_is_its_outputs_on_the_images_as_they_are():
+    images = fake_data().train_images
+    cached = make_teacher(TAUGHT.with_overrides(teacher_cache=True), torch.device("cpu"), images)
+    assert cached.shape == (len(images), 10)
+    torch.testing.assert_close(cached, predict(make_teacher(TAUGHT, torch.device("cpu")), images))
+
+
+def test_without_augmentation_a_cached_teacher_teaches_as_the_live_one():
+    """The same targets, looked up instead of computed per batch: the same training up to float rounding.
+    (With augmentation they differ on purpose: the cache holds the outputs for the images as they are.)"""
+    histories = []
+    for cache in (False, True):
+        set_seed(0)
+        recipe = TAUGHT.with_overrides(epochs=2, teacher_cache=cache)
+        histories.append([row["train_loss"] for row in fit(create_model("Model_12"), fake_data(), recipe)])
+    assert histories[0] == pytest.approx(histories[1], rel=1e-5)
 
 
 def test_a_teacher_without_shipped_weights_is_a_clear_error():

@@ -6,7 +6,7 @@ import torch
 from tinymnist.data import MNIST
 from tinymnist.engine import evaluate, fit, set_seed
 from tinymnist.model import create_model
-from tinymnist.recipe import Recipe
+from tinymnist.recipe import Augment, Recipe
 
 
 def fake_data(n=96) -> MNIST:
@@ -53,3 +53,23 @@ def test_resume_restores_the_average():
 def test_ema_decay_outside_0_1_is_an_error(decay):
     with pytest.raises(ValueError, match="ema must be between 0 and 1"):
         fit(create_model("Model_7"), fake_data(), RECIPE.with_overrides(ema=decay))
+
+
+@pytest.mark.parametrize("clean_epochs, augmented", [(0, [True] * 3), (1, [True, True, False]), (5, [False] * 3)])
+def test_clean_epochs_train_the_last_epochs_without_augmentation(monkeypatch, clean_epochs, augmented):
+    """`clean_epochs`: the last epochs see the images as they are; more clean epochs than epochs means all."""
+    from tinymnist import engine
+
+    calls = []
+    monkeypatch.setattr(engine, "augment_batch", lambda x, *args, **kwargs: calls.append(len(x)) or x)
+    seen = []
+    recipe = RECIPE.with_overrides(augment=Augment(), clean_epochs=clean_epochs)
+    fit(create_model("Model_7"), fake_data(), recipe, on_epoch=lambda row, state: seen.append(len(calls)))
+    per_epoch = [b - a for a, b in zip([0, *seen], seen)]
+    assert [n > 0 for n in per_epoch] == augmented
+    assert all(n in (0, len(fake_data().train_images) // RECIPE.batch_size) for n in per_epoch)
+
+
+def test_negative_clean_epochs_is_an_error():
+    with pytest.raises(ValueError, match="clean_epochs must be 0 or more, not -1"):
+        fit(create_model("Model_7"), fake_data(), RECIPE.with_overrides(clean_epochs=-1))

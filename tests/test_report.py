@@ -128,3 +128,16 @@ def test_bench_records_are_listed_in_numeric_order(tmp_path):
         (folder / name).write_text(json.dumps(rec))
     table = bench_tables(tmp_path)
     assert table.index("2-early.json") < table.index("10-late.json")
+
+
+def test_a_taught_models_end_to_end_row_says_its_teachers_training_is_not_included(tmp_path):
+    folder = tmp_path / "bench"
+    folder.mkdir()
+    machine = {"cpu": "x", "cores": 2, "torch_threads": 2, "system": "Linux"}
+    for name, teacher in (("1-taught.json", "3 shipped Model_11 run(s)"), ("2-plain.json", None)):
+        rec = {"model": name, "reference": "Model_6", "epochs": 15, "fast_seconds": 1.0, "baseline_seconds": 2.0,
+               "ratio": 2.0, "machine": machine, "command": name, "torch": "2", "teacher": teacher}
+        (folder / name).write_text(json.dumps(rec))
+    rows = [line for line in bench_tables(tmp_path).splitlines() if "epochs with evaluation" in line]
+    assert "(own recipe, taught by 3 shipped Model_11 run(s) whose training is not included)" in rows[0]
+    assert "(own recipe)" in rows[1]

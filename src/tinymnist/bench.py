@@ -23,7 +23,7 @@ from torch.utils.data import DataLoader, Dataset
 from .data import MEAN, STD, MNIST
 from .engine import configure, evaluate, fit, make_optimizer, make_teacher, train_one_epoch
 from .model import create_model, get_entry, replace_dropout
-from .recipe import Augment, Recipe
+from .recipe import KERNELS, Augment, Recipe
 from .summary import summary_dict
 
 # --- the baseline: torchvision's transforms, done per sample with Pillow ------------------------------
@@ -123,8 +123,9 @@ def time_fast(model_name: str, data: MNIST, recipe: Recipe, batches: int, device
     if tweak is not None:
         model = tweak(model)
     optimizer = make_optimizer(model, recipe)
-    teacher = make_teacher(recipe, device)  # a taught model's steps include its teacher's forward pass
     n = recipe.batch_size
+    # a taught model's steps include its teacher's forward pass, or with `teacher_cache` a look-up
+    teacher = make_teacher(recipe, device, data.train_images[: max(warmup, batches) * n])
     ctx = torch.autocast(device.type, dtype=torch.bfloat16, enabled=autocast)
     with ctx:
         train_one_epoch(model, optimizer, data.train_images[: warmup * n], data.train_labels[: warmup * n], recipe,
@@ -156,13 +157,10 @@ def option_variants(base: Recipe) -> tuple[str, dict, list[tuple[str, dict, obje
             ("nn.Dropout2d (whole channels: another regulariser)", {}, lambda m: replace_dropout(m, nn.Dropout2d), False),
             ("no dropout", {"dropout": 0.0}, None, False),
         ]
-    other_kernels = "torch" if base.kernels == "fast" else "fast"
-    kernels = {"torch": "PyTorch's kernels instead of the fast ones", "fast": "fast kernels (kernels.py)"}[other_kernels]
-    variants += [
-        (f"{start_label} + {layout}", {**fast, "channels_last": not base.channels_last}, None, False),
-        (f"{start_label} + {kernels}", {**fast, "kernels": other_kernels}, None, False),
-        (f"{start_label} + bfloat16 autocast", fast, None, True),
-    ]
+    variants += [(f"{start_label} + {layout}", {**fast, "channels_last": not base.channels_last}, None, False)]
+    variants += [(f'{start_label}, kernels="{k}"' + (" (PyTorch's own)" if k == "torch" else " (kernels.py)"),
+                  {**fast, "kernels": k}, None, False) for k in KERNELS if k != base.kernels]
+    variants.append((f"{start_label} + bfloat16 autocast", fast, None, True))
     variants += [(f"{start_label}, batch {b}", {**fast, "batch_size": b}, None, False) for b in (128, 256) if b != base.batch_size]
     if dropout:
         variants.append(("no dropout, batch 256", {"dropout": 0.0, "batch_size": 256}, None, False))
@@ -282,6 +280,8 @@ def end_to_end(model_name: str, reference: str, data: MNIST, device, epochs: int
         "ratio": round(base_s / fast_s, 2),
         "fast_runs": [round(v, 1) for v in fast],
         "baseline_runs": [round(v, 1) for v in base],
+        # a taught model's time includes its teacher's outputs, not the teacher's own training
+        "teacher": recipe.teacher and f"{recipe.teacher_seeds} shipped {get_entry(recipe.teacher).name} run(s)",
     }
 
 

@@ -300,6 +300,8 @@ def cmd_bench(args) -> None:
         print(f"{res['reference']}, baseline pipeline: {res['baseline_seconds']:.1f} s{runs('baseline_runs')} "
               f"(from {res['baseline_img_s']:.0f} images/s plus evaluation, scaled to {res['epochs']} epochs)")
         print(f"speed-up: {res['ratio']:.2f}x")
+        if res["teacher"]:
+            print(f"{res['model']} learns from {res['teacher']}: their training is not included")
         return
     overrides = {k: v for k, v in (("batch_size", args.batch_size), ("dropout_impl", args.dropout_impl),
                                    ("channels_last", args.channels_last), ("kernels", args.kernels)) if v is not None}

@@ -21,7 +21,7 @@ from torch.optim.swa_utils import AveragedModel
 from .augment import augment_batch
 from .data import MEAN, STD, MNIST
 from .flat import flat_pairs, flat_parameters, flatten_
-from .kernels import fuse_relu_batchnorm
+from .kernels import fuse_relu_batchnorm, fuse_relu_batchnorm_maxpool
 from .model import use_fast_dropout
 from .recipe import KERNELS, Recipe, lr_at
 from .records import CheckpointError, load_checkpoint
@@ -65,10 +65,12 @@ def configure(model: nn.Module, recipe: Recipe) -> nn.Module:
         use_fast_dropout(model)
     elif recipe.dropout_impl not in ("torch", "fast"):
         raise ValueError(f"unknown dropout_impl {recipe.dropout_impl!r}; valid: torch, fast")
-    if recipe.kernels == "fast" and on_cpu:
-        fuse_relu_batchnorm(model)
-    elif recipe.kernels not in KERNELS:
+    if recipe.kernels not in KERNELS:
         raise ValueError(f"unknown kernels {recipe.kernels!r}; valid: {', '.join(KERNELS)}")
+    if recipe.kernels == "fast+pool" and on_cpu:
+        fuse_relu_batchnorm_maxpool(model)
+    if recipe.kernels != "torch" and on_cpu:
+        fuse_relu_batchnorm(model)  # the pairs left
     if recipe.channels_last:
         model.to(memory_format=torch.channels_last)
     return flatten_(model)
@@ -147,15 +149,19 @@ class Ensemble(nn.Module):
         return torch.stack([m(x) for m in self.members]).mean(0)
 
 
-def make_teacher(recipe: Recipe, device: torch.device) -> nn.Module | None:
+def make_teacher(
+    recipe: Recipe, device: torch.device, images: torch.Tensor | None = None
+) -> nn.Module | torch.Tensor | None:
     """The frozen model whose predictions the student learns from as well as the labels, when the recipe names one.
 
     It is loaded from the weights shipped with the package, so a run that learns from it can be repeated;
     with `teacher_seeds` > 1, the teacher's runs with seeds 1 to `teacher_seeds` teach as an `Ensemble`.
+    With `teacher_cache`, what is returned is instead the teacher's outputs for the training `images` as they
+    are, computed here once (one row per image, for `train_one_epoch`).
     """
     if recipe.teacher is None:
-        if recipe.distill:
-            raise ValueError("distill > 0 needs a teacher")
+        if recipe.distill or recipe.teacher_cache:
+            raise ValueError(f"{'distill > 0' if recipe.distill else 'teacher_cache'} needs a teacher")
         return None
     if not 0 < recipe.distill <= 1:
         raise ValueError(f"distill must be in (0, 1] when there is a teacher, not {recipe.distill}")
@@ -167,10 +173,13 @@ def make_teacher(recipe: Recipe, device: torch.device) -> nn.Module | None:
         members = [load_checkpoint(recipe.teacher, device, seed)[1] for seed in range(1, recipe.teacher_seeds + 1)]
     except CheckpointError as e:
         raise CheckpointError(f"the recipe's teacher: {e}") from None
+    members = [configure(member, recipe) for member in members]  # the recipe's layout and kernels, for speed
     teacher = members[0] if len(members) == 1 else Ensemble(members)
     teacher.eval().requires_grad_(False)
-    if recipe.channels_last:
-        teacher.to(memory_format=torch.channels_last)
+    if recipe.teacher_cache:
+        if images is None:
+            raise ValueError("teacher_cache: the teacher's outputs need the training images")
+        return predict(teacher, images, recipe.eval_batch_size)
     return teacher
 
 
@@ -209,13 +218,14 @@ def train_one_epoch(
     report_every: int = 25,
     lr_at_step: Callable[[float], float] | None = None,
     ema: AveragedModel | None = None,
-    teacher: nn.Module | None = None,
+    teacher: nn.Module | torch.Tensor | None = None,
 ) -> EpochStats:
     """One pass over the training tensors in a fresh random order, in batches of `recipe.batch_size`.
 
     `lr_at_step(fraction of the epoch done)` sets the learning rate before each step, for schedules that
     change within an epoch; `ema` (see `make_ema`) is updated after each step; `teacher` (see
-    `make_teacher`) sees the same augmented batch as the model.
+    `make_teacher`) sees the same augmented batch as the model, or, given as a tensor, holds its outputs for
+    `images` as they are, row by row (`Recipe.teacher_cache`).
     """
     model.train()
     n, bs = len(images), recipe.batch_size
@@ -228,10 +238,12 @@ def train_one_epoch(
         if lr_at_step is not None:
             for group in optimizer.param_groups:
                 group["lr"] = lr_at_step(step / steps)
-        x, y = prepare(images[idx], recipe.augment, recipe.channels_last, recipe.kernels == "fast"), labels[idx]
+        x, y = prepare(images[idx], recipe.augment, recipe.channels_last, recipe.kernels != "torch"), labels[idx]
         out = model(x)
         teacher_out = None
-        if teacher is not None:
+        if isinstance(teacher, torch.Tensor):
+            teacher_out = teacher[idx]
+        elif teacher is not None:
             with torch.no_grad():
                 teacher_out = teacher(x)
         loss = training_loss(out, y, recipe, teacher_out)
@@ -319,12 +331,14 @@ def fit(
     With `resume` (a `training_state`), continues from the epoch after the last one it holds, with the
     same random stream, so the result equals that of an uninterrupted run. Raises `Diverged` when the
     training loss stops being finite. With `recipe.ema`, the moving average is what is evaluated, and
-    `model` ends holding it.
+    `model` ends holding it. The last `recipe.clean_epochs` epochs train without augmentation.
     """
+    if recipe.clean_epochs < 0:
+        raise ValueError(f"clean_epochs must be 0 or more, not {recipe.clean_epochs}")
     configure(model, recipe)
     optimizer = make_optimizer(model, recipe)
     ema = make_ema(model, recipe)
-    teacher = make_teacher(recipe, next(model.parameters()).device)
+    teacher = make_teacher(recipe, next(model.parameters()).device, data.train_images)
     evaluated = model if ema is None else ema.module
     history = restore_state(model, optimizer, resume, ema) if resume else []
     for epoch in range(len(history), recipe.epochs):
@@ -333,9 +347,10 @@ def fit(
             group["lr"] = lr
         start = time.perf_counter()
         per_step = (lambda f, e=epoch: lr_at(recipe, e + f)) if recipe.schedule == "onecycle" else None
+        clean = epoch >= recipe.epochs - recipe.clean_epochs  # the last epochs see the digits as they are
         train = train_one_epoch(
-            model, optimizer, data.train_images, data.train_labels, recipe, on_batch, lr_at_step=per_step, ema=ema,
-            teacher=teacher,
+            model, optimizer, data.train_images, data.train_labels, recipe.with_overrides(augment=None) if clean
+            else recipe, on_batch, lr_at_step=per_step, ema=ema, teacher=teacher,
         )
         if not math.isfinite(train.loss):
             raise Diverged(f"the training loss became {train.loss} in epoch {epoch + 1}")

@@ -1,7 +1,7 @@
-"""Faster equivalents of two PyTorch operations for these small networks on a CPU (`Recipe.kernels="fast"`).
+"""Faster equivalents of PyTorch operations for these small networks on a CPU (`Recipe.kernels`).
 
-Both compute the same function as the operation they replace, equal up to float rounding; the tests compare
-them with PyTorch's own.
+Each computes the same function as the operations it replaces, equal up to float rounding; the tests compare
+them with PyTorch's own. `kernels="fast"` uses the first two, `kernels="fast+pool"` all three.
 
 - `ReluBatchNorm2d`: ReLU followed by training-mode BatchNorm as one autograd function. PyTorch's
   channels-last BatchNorm kernel on CPU is several times slower for channel counts that are not a multiple
@@ -9,6 +9,12 @@ them with PyTorch's own.
   activations, whose rows are wide enough to vectorise, in a dozen whole-tensor operations.
 - `outer_affine_grid`: the sampling grid of `F.affine_grid` from two outer sums per coordinate, instead of a
   batched (H * W, 3) x (3, 2) matrix product, which on a CPU costs more than the `grid_sample` it feeds.
+- `ReluBatchNormMaxPool2d`: ReLU, training-mode BatchNorm and a 2x2 max-pool as one autograd function. The
+  BatchNorm's output feeds only the max-pool, so it is needed only at the pooled positions: BatchNorm is a
+  per-channel affine map, and the maximum of its output is where the input is largest (or smallest, for a
+  negative scale). The full-resolution tensor is read for the statistics and pooled, but the normalised
+  activations are computed for a quarter of it, and the backward pass writes the input's gradient in two
+  passes instead of a dozen.
 
 See the Performance section of the README for what they are worth.
 """
@@ -33,27 +39,41 @@ def _per_channel(row_sums: torch.Tensor, c: int) -> torch.Tensor:
     return row_sums.view(-1, c).sum(0)
 
 
+# these functions compute in float32: under bfloat16 autocast (on a CPU) their inputs are cast to it
+_float32_under_autocast = torch.amp.custom_fwd(device_type="cpu", cast_inputs=torch.float32)
+_backward_as_forward = torch.amp.custom_bwd(device_type="cpu")
+
+
+def _relu_statistics(x, running_mean, running_var, momentum: float, eps: float):
+    """ReLU(x) as (N * H, W * C) rows, the same centred per channel, the batch mean and 1 / std per channel;
+    updates the running statistics as nn.BatchNorm2d does."""
+    n, c, h, w = x.shape
+    count = n * h * w
+    r = _rows(x).clamp_min(0)
+    mean = _per_channel(r.sum(0), c) / count
+    centred = r - mean.repeat(w)
+    var = _per_channel(centred.square().sum(0), c) / count  # biased, for normalising
+    with torch.no_grad():
+        running_mean.lerp_(mean, momentum)
+        running_var.lerp_(var * (count / max(count - 1, 1)), momentum)  # unbiased, as nn.BatchNorm2d
+    return r, centred, mean, torch.rsqrt(var + eps)
+
+
 class _ReluBatchNorm(torch.autograd.Function):
     """y = BatchNorm(ReLU(x)) with batch statistics; updates the running statistics as nn.BatchNorm2d does."""
 
     @staticmethod
+    @_float32_under_autocast
     def forward(ctx, x, weight, bias, running_mean, running_var, momentum: float, eps: float):
         n, c, h, w = x.shape
-        count = n * h * w
-        r = _rows(x).clamp_min(0)
-        mean = _per_channel(r.sum(0), c) / count
-        centred = r - mean.repeat(w)
-        var = _per_channel(centred.square().sum(0), c) / count  # biased, for normalising
-        invstd = torch.rsqrt(var + eps)
+        r, centred, _, invstd = _relu_statistics(x, running_mean, running_var, momentum, eps)
         xhat = centred.mul_(invstd.repeat(w))
         y = torch.addcmul(bias.repeat(w), xhat, weight.repeat(w))
-        with torch.no_grad():
-            running_mean.lerp_(mean, momentum)
-            running_var.lerp_(var * (count / max(count - 1, 1)), momentum)  # unbiased, as nn.BatchNorm2d
         ctx.save_for_backward(r, xhat, weight, invstd)
         return y.view(n, h, w, c).permute(0, 3, 1, 2)  # channels-last (N, C, H, W)
 
     @staticmethod
+    @_backward_as_forward
     def backward(ctx, grad_y):
         r, xhat, weight, invstd = ctx.saved_tensors
         n, c, h, w = grad_y.shape
@@ -81,6 +101,87 @@ class ReluBatchNorm2d(nn.BatchNorm2d):
         )
 
 
+def max_pool_2x2(x: torch.Tensor) -> torch.Tensor:
+    """`F.max_pool2d(x, 2)` (no gradient) as two element-wise maxima over strided views, which on a CPU take
+    a fraction of PyTorch's pooling kernel's time for these channels-last activations."""
+    h, w = x.shape[2] // 2 * 2, x.shape[3] // 2 * 2
+    x = x[:, :, :h, :w]
+    rows = torch.maximum(x[:, :, 0::2], x[:, :, 1::2])
+    return torch.maximum(rows[..., 0::2], rows[..., 1::2])
+
+
+class _ReluBatchNormMaxPool(torch.autograd.Function):
+    """y = MaxPool2d(2)(BatchNorm(ReLU(x))) with batch statistics; updates the running statistics as
+    nn.BatchNorm2d does."""
+
+    @staticmethod
+    @_float32_under_autocast
+    def forward(ctx, x, weight, bias, running_mean, running_var, momentum: float, eps: float):
+        n, c, h, w = x.shape
+        r, centred, mean, invstd = _relu_statistics(x, running_mean, running_var, momentum, eps)
+        # weight * (r - mean) = |weight| * sign * (r - mean): its maximum is where sign * (r - mean) is largest
+        sign = torch.where(weight < 0, -1.0, 1.0).to(x.dtype)
+        signed = centred.mul_(sign.repeat(w))
+        pooled, picked = F.max_pool2d(signed.view(n, h, w, c).permute(0, 3, 1, 2), 2, return_indices=True)
+        y = torch.addcmul(bias.view(1, c, 1, 1), pooled, (weight.abs() * invstd).view(1, c, 1, 1))
+        ctx.save_for_backward(r, pooled, picked, weight, mean, invstd, sign)
+        ctx.size = (h, w)
+        return y
+
+    @staticmethod
+    @_backward_as_forward
+    def backward(ctx, grad_y):
+        r, pooled, picked, weight, mean, invstd, sign = ctx.saved_tensors
+        n, c = grad_y.shape[:2]
+        h, w = ctx.size
+        count = n * h * w
+        grad_bias = grad_y.sum((0, 2, 3))
+        grad_weight = (grad_y * pooled).sum((0, 2, 3)) * sign * invstd  # sum of grad_y * xhat at the maxima
+        # BatchNorm's input gradient is k * (grad at x - grad_bias / count - xhat * grad_weight / count), with
+        # k = weight * invstd and xhat = (r - mean) * invstd. The last two terms reach every position, as
+        # offset + slope * r; the first only the positions the max-pool picked.
+        k = weight * invstd
+        slope = k * invstd * grad_weight / -count
+        offset = k * grad_bias / -count - slope * mean
+        grad = torch.addcmul(offset.repeat(w), r, slope.repeat(w))  # (N * H, W * C)
+        at_maxima = (grad_y * k.view(1, c, 1, 1)).permute(0, 2, 3, 1).reshape(n, -1, c)
+        grad.view(n, h * w, c).scatter_add_(1, picked.permute(0, 2, 3, 1).reshape(n, -1, c), at_maxima)
+        grad = torch.ops.aten.threshold_backward(grad, r, 0)  # ReLU's backward
+        return grad.view(n, h, w, c).permute(0, 3, 1, 2), grad_weight, grad_bias, None, None, None, None
+
+
+class ReluBatchNormMaxPool2d(nn.BatchNorm2d):
+    """ReLU, BatchNorm2d and MaxPool2d(2), with the parameters, buffers and state dict of the BatchNorm2d alone.
+
+    Training uses `_ReluBatchNormMaxPool`. Evaluation with the running statistics pools first: ReLU and a
+    BatchNorm with a positive scale are increasing maps, which commute with the max-pool, so they then work on
+    a quarter of the activations; with a negative scale it falls back to PyTorch's operations in order."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.training and self.track_running_stats:
+            scale = torch.rsqrt(self.running_var + self.eps)
+            if self.affine:
+                scale = scale * self.weight
+            if bool((scale >= 0).all()):  # a sync with the device, once per evaluated batch
+                shift = -self.running_mean * scale + (self.bias if self.affine else 0)
+                pooled = F.relu(max_pool_2x2(x))
+                return torch.addcmul(shift.view(1, -1, 1, 1), pooled, scale.view(1, -1, 1, 1))
+        if not self.training or self.momentum is None or not self.track_running_stats:
+            return F.max_pool2d(super().forward(F.relu(x)), 2)
+        self.num_batches_tracked.add_(1)
+        return _ReluBatchNormMaxPool.apply(
+            x, self.weight, self.bias, self.running_mean, self.running_var, self.momentum, self.eps
+        )
+
+
+def _fused_copy(bn: nn.BatchNorm2d, cls: type[nn.BatchNorm2d]) -> nn.BatchNorm2d:
+    """A `cls` with `bn`'s settings, parameters and buffers, on its device, in its dtype and mode."""
+    fused = cls(bn.num_features, bn.eps, bn.momentum, bn.affine, bn.track_running_stats)
+    fused.to(device=bn.weight.device, dtype=bn.weight.dtype)
+    fused.load_state_dict(bn.state_dict())
+    return fused.train(bn.training)
+
+
 def slow_channels(channels: int) -> bool:
     """Whether PyTorch's channels-last BatchNorm takes its slow path for this channel count on a CPU."""
     return channels % 16 != 0
@@ -94,12 +195,42 @@ def fuse_relu_batchnorm(model: nn.Module) -> nn.Module:
         children = list(module.named_children())
         for (relu_name, relu), (bn_name, bn) in itertools.pairwise(children):
             if type(relu) is nn.ReLU and type(bn) is nn.BatchNorm2d and slow_channels(bn.num_features):
-                fused = ReluBatchNorm2d(bn.num_features, bn.eps, bn.momentum, bn.affine, bn.track_running_stats)
-                fused.to(device=bn.weight.device)
-                fused.load_state_dict(bn.state_dict())
-                fused.train(bn.training)
                 setattr(module, relu_name, nn.Identity())
-                setattr(module, bn_name, fused)
+                setattr(module, bn_name, _fused_copy(bn, ReluBatchNorm2d))
+    return model
+
+
+def _leaves(module: nn.Module) -> list[tuple[nn.Module, str, nn.Module]]:
+    """(parent, name, module) of each module that runs, in the order it runs, looking only into
+    nn.Sequential containers (whose order is their forward's): any other module counts as one leaf."""
+    leaves = []
+    for name, child in module.named_children():
+        if type(child) is nn.Sequential:
+            leaves += _leaves(child)
+        else:
+            leaves.append((module, name, child))
+    return leaves
+
+
+def _plain_2x2_pool(pool: nn.Module) -> bool:
+    return type(pool) is nn.MaxPool2d and (
+        pool.kernel_size in (2, (2, 2)) and pool.stride in (2, (2, 2)) and pool.padding in (0, (0, 0))
+        and pool.dilation in (1, (1, 1)) and not pool.ceil_mode and not pool.return_indices
+    )
+
+
+def fuse_relu_batchnorm_maxpool(model: nn.Sequential) -> nn.Sequential:
+    """Replaces, in place, each ReLU -> BatchNorm2d -> MaxPool2d(2) run of an nn.Sequential model (nested
+    nn.Sequential included) by nn.Identity, a `ReluBatchNormMaxPool2d` holding the BatchNorm's parameters and
+    buffers, and nn.Identity: the state dict keys and values stay as they were."""
+    if not isinstance(model, nn.Sequential) or type(model).forward is not nn.Sequential.forward:
+        return model  # its forward may not run its children in order
+    leaves = _leaves(model)
+    for (p1, n1, relu), (p2, n2, bn), (p3, n3, pool) in zip(leaves, leaves[1:], leaves[2:]):
+        if type(relu) is nn.ReLU and type(bn) is nn.BatchNorm2d and _plain_2x2_pool(pool):
+            setattr(p1, n1, nn.Identity())
+            setattr(p2, n2, _fused_copy(bn, ReluBatchNormMaxPool2d))
+            setattr(p3, n3, nn.Identity())
     return model
 
 

@@ -45,14 +45,18 @@ class Recipe:
     nesterov: bool = False  # Nesterov momentum for SGD
     dropout: float = 0.0  # dropout probability after each convolution but the last (0 = no dropout layers)
     augment: Augment | None = None  # None trains on the images as they are
+    clean_epochs: int = 0  # the last this many epochs train on the images as they are, without augmentation
     dropout_impl: str = "torch"  # "torch": nn.Dropout; "fast": the same element-wise dropout, cheaper masks on CPU
-    kernels: str = "torch"  # "fast": ReLU + BatchNorm in one function on CPU, a cheaper augmentation grid (kernels.py)
+    kernels: str = "torch"  # "fast": ReLU + BatchNorm in one function on CPU, a cheaper augmentation grid (kernels.py);
+    # "fast+pool": also ReLU + BatchNorm + 2x2 max-pool in one function
     channels_last: bool = False  # NHWC memory layout for convolutions (see the Performance section of the README)
     ema: float = 0.0  # > 0: evaluate and save an exponential moving average of the weights, this decay per step
     teacher: str | None = None  # a model whose shipped weights teach this one (knowledge distillation)
     distill: float = 0.0  # weight of the distillation loss against the teacher; the label loss gets 1 - distill
     temperature: float = 1.0  # divides both models' class scores before the distillation loss compares them
     teacher_seeds: int = 1  # how many of the teacher's runs (seeds 1, 2, ...) teach together, as one ensemble
+    teacher_cache: bool = False  # the teacher's outputs for the training images as they are, computed once, stand
+    # in for its outputs on each augmented batch: no teacher forward pass per step (soft labels as in ReLabel)
     eval_batch_size: int = 1000  # evaluation has no gradients: large batches are cheaper
 
     def with_overrides(self, **overrides: Any) -> Recipe:
@@ -76,7 +80,7 @@ class Recipe:
 
 OPTIMIZERS = ("sgd", "adam")
 SCHEDULES = ("constant", "exp", "step", "onecycle")
-KERNELS = ("torch", "fast")
+KERNELS = ("torch", "fast", "fast+pool")
 
 
 def lr_at(recipe: Recipe, epoch: float) -> float:

@@ -324,9 +324,10 @@ def bench_tables(results: Path) -> str:
         else:
             runs = rec.get("repeat", 1)
             how = f", median of {runs} runs" if runs > 1 else ", one run"
+            taught = f", taught by {rec['teacher']} whose training is not included" if rec.get("teacher") else ""
             lines.append(
-                f"| {rec['epochs']} epochs with evaluation{how}: {rec['model']} (own recipe) vs {rec['reference']} "
-                f"(baseline) | {rec['fast_seconds']:.1f} s | {rec['baseline_seconds']:.1f} s | "
+                f"| {rec['epochs']} epochs with evaluation{how}: {rec['model']} (own recipe{taught}) vs "
+                f"{rec['reference']} (baseline) | {rec['fast_seconds']:.1f} s | {rec['baseline_seconds']:.1f} s | "
                 f"**{rec['ratio']:.2f}x** | [{Path(rec['_path']).name}]({rec['_path']}) |"
             )
     for rec in options:
