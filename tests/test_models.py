@@ -1,4 +1,6 @@
+import json
 import re
+from pathlib import Path
 
 import pytest
 import torch
@@ -107,3 +109,13 @@ def test_fast_dropout_drops_p_and_keeps_the_mean():
     model = use_fast_dropout(create_model("Model_6"))
     assert not any(type(m) is torch.nn.Dropout for m in model.modules())
     assert sum(isinstance(m, FastDropout) for m in model.modules()) == 6
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_committed_records_were_made_with_the_models_recipe_and_size(name):
+    """A record in results/ stands for its model only while the registry still trains that model that way."""
+    records = sorted((Path(__file__).resolve().parent.parent / "results" / name).glob("seed*.json"))
+    for path in records:
+        record = json.loads(path.read_text())
+        assert Recipe.from_dict(record["recipe"]) == get_entry(name).recipe, path.name
+        assert record["params"] == count_params(create_model(name)), path.name
