@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Regenerates every committed record in results/, one run at a time, then the README's generated sections,
-# the figures and the shipped weights. About 10 hours on 2 CPU cores; run it in the background:
+# the figures and the shipped weights. About 12 hours on 2 CPU cores; run it in the background:
 #   nohup scripts/experiments.sh > experiments.log 2>&1 &
 # Benchmarks last, on a quiet machine: their figures are only meaningful when nothing else runs.
 set -euo pipefail
@@ -48,4 +48,7 @@ tinymnist bench Model_25 --epochs 15 --save results/bench/12-end-to-end-Model_25
 tinymnist bench Model_11 --epochs 15 --repeat 3 --save results/bench/13-end-to-end-Model_11.json
 tinymnist bench Model_27 --epochs 15 --repeat 3 --save results/bench/14-end-to-end-Model_27.json
 tinymnist bench Model_29 --epochs 15 --repeat 3 --save results/bench/15-end-to-end-Model_29.json
+tinymnist bench Model_35 --options --save results/bench/16-options-Model_35.json
+tinymnist bench Model_35 --epochs 15 --repeat 3 --save results/bench/17-end-to-end-Model_35.json
+tinymnist bench Model_33 --epochs 15 --repeat 3 --save results/bench/18-end-to-end-Model_33.json
 tinymnist report
