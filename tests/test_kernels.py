@@ -92,19 +92,27 @@ def test_max_pool_2x2_is_max_pool2d(shape, layout):
     assert torch.equal(max_pool_2x2(x), F.max_pool2d(x, 2))
 
 
-def test_fuse_maxpool_keeps_the_state_dict_and_fuses_only_relu_batchnorm_maxpool_runs():
-    model = create_model("Model_27")
+def fused_keeping_state_and_outputs(name: str, *fuses) -> nn.Module:
+    """`name`'s model after `fuses`, checked to keep its state dict and its evaluation outputs exactly."""
+    model = create_model(name)
     before = {k: v.clone() for k, v in model.state_dict().items()}
     x = torch.randn(4, 1, 28, 28)
     expected = model.eval()(x)
-    fuse_relu_batchnorm_maxpool(model.train())
-    assert [name for name, m in model.named_modules() if isinstance(m, ReluBatchNormMaxPool2d)] == ["conv1.2"]
-    assert isinstance(model.conv1[1], nn.Identity) and isinstance(model.pool1, nn.Identity)
-    fuse_relu_batchnorm(model)  # what "fast+pool" does next: the pairs left
-    assert [m.num_features for m in model.modules() if type(m) is ReluBatchNorm2d] == [12]
+    model.train()
+    for fuse in fuses:
+        fuse(model)
     after = model.state_dict()
     assert after.keys() == before.keys() and all(torch.equal(after[k], v) for k, v in before.items())
     assert torch.equal(model.eval()(x), expected)
+    return model
+
+
+def test_fuse_maxpool_keeps_the_state_dict_and_fuses_only_relu_batchnorm_maxpool_runs():
+    # what "fast+pool" does: the ReLU + BatchNorm + max-pool runs, then the ReLU + BatchNorm pairs left
+    model = fused_keeping_state_and_outputs("Model_27", fuse_relu_batchnorm_maxpool, fuse_relu_batchnorm)
+    assert [name for name, m in model.named_modules() if isinstance(m, ReluBatchNormMaxPool2d)] == ["conv1.2"]
+    assert isinstance(model.conv1[1], nn.Identity) and isinstance(model.pool1, nn.Identity)
+    assert [m.num_features for m in model.modules() if type(m) is ReluBatchNorm2d] == [12]
 
 
 class Reversed(nn.Sequential):
@@ -138,16 +146,9 @@ def test_relu_batchnorm_counts_batches_and_evaluates_as_pytorch():
 
 
 def test_fuse_keeps_the_state_dict_and_fuses_only_slow_channel_counts():
-    model = create_model("Model_23")
-    before = {k: v.clone() for k, v in model.state_dict().items()}
-    x = torch.randn(4, 1, 28, 28)
-    expected = model.eval()(x)
-    fuse_relu_batchnorm(model.train())
+    model = fused_keeping_state_and_outputs("Model_23", fuse_relu_batchnorm)
     fused = [m.num_features for m in model.modules() if isinstance(m, ReluBatchNorm2d)]
     assert fused == [8, 12]  # the 16-channel layers keep PyTorch's BatchNorm, fast for them
-    after = model.state_dict()
-    assert after.keys() == before.keys() and all(torch.equal(after[k], v) for k, v in before.items())
-    assert torch.equal(model.eval()(x), expected)
 
 
 @pytest.mark.parametrize("size", [(28, 28), (13, 20)])

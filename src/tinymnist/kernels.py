@@ -87,18 +87,33 @@ class _ReluBatchNorm(torch.autograd.Function):
         return grad.view(n, h, w, c).permute(0, 3, 1, 2), grad_weight, grad_bias, None, None, None, None
 
 
-class ReluBatchNorm2d(nn.BatchNorm2d):
+class _FusedBatchNorm2d(nn.BatchNorm2d):
+    """A BatchNorm2d (parameters, buffers, state dict) fused with the operations around it: training with
+    batch statistics and running averages runs `function`; anything else, `unfused`."""
+
+    function: type[torch.autograd.Function]
+
+    def unfused(self, x: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.training or self.momentum is None or not self.track_running_stats:
+            return self.unfused(x)
+        self.num_batches_tracked.add_(1)
+        return self.function.apply(
+            x, self.weight, self.bias, self.running_mean, self.running_var, self.momentum, self.eps
+        )
+
+
+class ReluBatchNorm2d(_FusedBatchNorm2d):
     """ReLU then BatchNorm2d, with the parameters, buffers and state dict of the BatchNorm2d alone.
 
     Training uses `_ReluBatchNorm`; evaluation, PyTorch's BatchNorm with the running statistics."""
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if not self.training or self.momentum is None or not self.track_running_stats:
-            return super().forward(F.relu(x))
-        self.num_batches_tracked.add_(1)
-        return _ReluBatchNorm.apply(
-            x, self.weight, self.bias, self.running_mean, self.running_var, self.momentum, self.eps
-        )
+    function = _ReluBatchNorm
+
+    def unfused(self, x: torch.Tensor) -> torch.Tensor:
+        return nn.BatchNorm2d.forward(self, F.relu(x))
 
 
 def max_pool_2x2(x: torch.Tensor) -> torch.Tensor:
@@ -150,14 +165,16 @@ class _ReluBatchNormMaxPool(torch.autograd.Function):
         return grad.view(n, h, w, c).permute(0, 3, 1, 2), grad_weight, grad_bias, None, None, None, None
 
 
-class ReluBatchNormMaxPool2d(nn.BatchNorm2d):
+class ReluBatchNormMaxPool2d(_FusedBatchNorm2d):
     """ReLU, BatchNorm2d and MaxPool2d(2), with the parameters, buffers and state dict of the BatchNorm2d alone.
 
     Training uses `_ReluBatchNormMaxPool`. Evaluation with the running statistics pools first: ReLU and a
     BatchNorm with a positive scale are increasing maps, which commute with the max-pool, so they then work on
     a quarter of the activations; with a negative scale it falls back to PyTorch's operations in order."""
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    function = _ReluBatchNormMaxPool
+
+    def unfused(self, x: torch.Tensor) -> torch.Tensor:
         if not self.training and self.track_running_stats:
             scale = torch.rsqrt(self.running_var + self.eps)
             if self.affine:
@@ -166,12 +183,7 @@ class ReluBatchNormMaxPool2d(nn.BatchNorm2d):
                 shift = -self.running_mean * scale + (self.bias if self.affine else 0)
                 pooled = F.relu(max_pool_2x2(x))
                 return torch.addcmul(shift.view(1, -1, 1, 1), pooled, scale.view(1, -1, 1, 1))
-        if not self.training or self.momentum is None or not self.track_running_stats:
-            return F.max_pool2d(super().forward(F.relu(x)), 2)
-        self.num_batches_tracked.add_(1)
-        return _ReluBatchNormMaxPool.apply(
-            x, self.weight, self.bias, self.running_mean, self.running_var, self.momentum, self.eps
-        )
+        return F.max_pool2d(nn.BatchNorm2d.forward(self, F.relu(x)), 2)
 
 
 def _fused_copy(bn: nn.BatchNorm2d, cls: type[nn.BatchNorm2d]) -> nn.BatchNorm2d:
