@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from tinymnist.data import MNIST
-from tinymnist.engine import evaluate, fit, set_seed
+from tinymnist.engine import evaluate, fit, set_seed, training_loss
 from tinymnist.model import create_model
 from tinymnist.recipe import Augment, Recipe
 
@@ -73,3 +73,19 @@ def test_clean_epochs_train_the_last_epochs_without_augmentation(monkeypatch, cl
 def test_negative_clean_epochs_is_an_error():
     with pytest.raises(ValueError, match="clean_epochs must be 0 or more, not -1"):
         fit(create_model("Model_7"), fake_data(), RECIPE.with_overrides(clean_epochs=-1))
+
+
+@pytest.mark.parametrize("smoothing", [-0.1, 1.0])
+def test_label_smoothing_outside_0_1_is_an_error(smoothing):
+    with pytest.raises(ValueError, match=f"label_smoothing must be at least 0 and below 1, not {smoothing}"):
+        fit(create_model("Model_7"), fake_data(), RECIPE.with_overrides(label_smoothing=smoothing))
+
+
+def test_label_smoothing_spreads_part_of_each_label_over_all_classes():
+    """The smoothed loss is (1 - s) x the label's cross-entropy + s x the mean over classes of -log p."""
+    out = torch.randn(32, 10, generator=torch.Generator().manual_seed(0)).log_softmax(1)
+    y = torch.arange(32) % 10
+    plain = torch.nn.functional.nll_loss(out, y)
+    assert torch.equal(training_loss(out, y, RECIPE, None), plain)
+    smoothed = training_loss(out, y, RECIPE.with_overrides(label_smoothing=0.1), None)
+    assert smoothed.item() == pytest.approx((0.9 * plain - 0.1 * out.mean(1).mean()).item(), rel=1e-6)

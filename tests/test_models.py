@@ -104,7 +104,12 @@ def test_fast_dropout_drops_p_and_keeps_the_mean():
     y = drop(torch.ones(64, 16, 24, 24))
     assert (y == 0).float().mean().item() == pytest.approx(0.05, abs=0.002)
     assert y.mean().item() == pytest.approx(1.0, abs=0.01)
-    x = torch.randn(4, 3, 5, 5)
+    x = torch.randn(4, 3, 5, 5, requires_grad=True)
+    y = drop(x)
+    y.backward(torch.ones_like(y))
+    kept = y != 0
+    assert 0 < kept.sum() < x.numel()
+    assert torch.allclose(y[kept], x[kept] / 0.95) and torch.equal(x.grad, kept / 0.95)  # the mask, both ways
     assert torch.equal(drop.eval()(x), x)
     model = use_fast_dropout(create_model("Model_6"))
     assert not any(type(m) is torch.nn.Dropout for m in model.modules())

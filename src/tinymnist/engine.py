@@ -184,9 +184,13 @@ def make_teacher(
 
 
 def training_loss(out: torch.Tensor, y: torch.Tensor, recipe: Recipe, teacher_out: torch.Tensor | None) -> torch.Tensor:
-    """Cross-entropy with the labels; with a teacher, blended with the KL divergence from the teacher's
-    softened class probabilities (Hinton et al., 2015), scaled by temperature^2 to keep its gradients' size."""
-    loss = F.nll_loss(out, y)
+    """Cross-entropy with the labels (smoothed by `recipe.label_smoothing`); with a teacher, blended with the KL
+    divergence from the teacher's softened class probabilities (Hinton et al., 2015), scaled by temperature^2
+    to keep its gradients' size. `out` holds log-probabilities, which `cross_entropy` leaves as they are."""
+    if recipe.label_smoothing:
+        loss = F.cross_entropy(out, y, label_smoothing=recipe.label_smoothing)
+    else:
+        loss = F.nll_loss(out, y)
     if teacher_out is None:
         return loss
     t = recipe.temperature
@@ -335,6 +339,8 @@ def fit(
     """
     if recipe.clean_epochs < 0:
         raise ValueError(f"clean_epochs must be 0 or more, not {recipe.clean_epochs}")
+    if not 0 <= recipe.label_smoothing < 1:
+        raise ValueError(f"label_smoothing must be at least 0 and below 1, not {recipe.label_smoothing}")
     configure(model, recipe)
     optimizer = make_optimizer(model, recipe)
     ema = make_ema(model, recipe)
