@@ -756,8 +756,8 @@ class Model_29(Model_9):
     """Step 29, the fast recipe with smaller steps.
 
     Every recipe at learning rate 0.1 so far (Models 22, 24, 27 and 28) missed the hold on a seed, while
-    Model_9's network at 0.05 (Models 9 to 11 and 26) held on all five. This is Model_27 with Model_9's peak learning rate,
-    0.05, at batch 256: half the ratio of learning rate to batch size that Model_9 trains with.
+    Model_9's network at 0.05 (Models 9 to 11 and 26) held on all five. This is Model_27 with Model_9's peak
+    learning rate, 0.05, at batch 256: half the ratio of learning rate to batch size that Model_9 trains with.
     Params: 7,568. RF: 28.
     """
 
@@ -827,10 +827,11 @@ class Model_33(Model_9):
     """
 
 
-@register(
-    LARGE_BATCH.with_overrides(lr=0.07, kernels="fast+pool", clean_epochs=5),
-    "Model_33 at Model_31's learning rate, 0.07",
-)
+# Model_33's recipe at Model_31's learning rate: the starting point of steps 35 to 39
+CLEAN_END = LARGE_BATCH.with_overrides(lr=0.07, kernels="fast+pool", clean_epochs=5)
+
+
+@register(CLEAN_END, "Model_33 at Model_31's learning rate, 0.07")
 class Model_34(Model_9):
     """Step 34, the larger steps with the clean end.
 
@@ -843,9 +844,8 @@ class Model_34(Model_9):
 
 # Model_34's recipe taught by three runs of Model_11 through their outputs on the training digits as they are,
 # computed once per run (`teacher_cache`): no teacher forward pass per step
-CACHED_TEACHER = LARGE_BATCH.with_overrides(
-    lr=0.07, kernels="fast+pool", clean_epochs=5, teacher="Model_11", teacher_seeds=3, distill=0.5,
-    temperature=2.0, teacher_cache=True,
+CACHED_TEACHER = CLEAN_END.with_overrides(
+    teacher="Model_11", teacher_seeds=3, distill=0.5, temperature=2.0, teacher_cache=True
 )
 
 
@@ -907,7 +907,7 @@ class Model_38(Model_9):
 
 
 @register(
-    LARGE_BATCH.with_overrides(lr=0.07, kernels="fast+pool", clean_epochs=5, label_smoothing=0.1),
+    CLEAN_END.with_overrides(label_smoothing=0.1),
     "Model_34 with label smoothing (0.1): soft targets at no cost, without a teacher",
 )
 class Model_39(Model_9):
