@@ -33,14 +33,15 @@ tinymnist train Model_9 --seed 1 --val 10000 --out results/val --quiet
 tinymnist train Model_11 --seed 1 --val 10000 --out results/val --quiet
 tinymnist train Model_26 --seed 1 --val 10000 --out results/val --quiet
 # speed
-tinymnist bench Model_6 --save results/bench/1-same-network.json
-tinymnist bench Model_6 --batch-size 256 --save results/bench/2-same-network-batch256.json
+tinymnist bench Model_6 --repeat 7 --save results/bench/1-same-network.json
+tinymnist bench Model_6 --batch-size 256 --repeat 7 --save results/bench/2-same-network-batch256.json
+tinymnist bench Model_6 --batch-size 128 --repeat 7 --save results/bench/19-same-network-batch128.json
 tinymnist bench --epochs 15 --repeat 3 --save results/bench/3-end-to-end.json
-tinymnist bench Model_6 --options --repeat 5 --save results/bench/4-options.json
+tinymnist bench Model_6 --options --repeat 7 --save results/bench/4-options.json
 tinymnist bench Model_9 --epochs 15 --save results/bench/5-end-to-end-Model_9.json
 tinymnist bench Model_7 --epochs 15 --save results/bench/8-end-to-end-Model_7.json
-tinymnist bench Model_11 --save results/bench/6-final-channels-last.json
-tinymnist bench Model_11 --channels-last no --save results/bench/7-final-nchw.json
+tinymnist bench Model_11 --repeat 5 --save results/bench/6-final-channels-last.json
+tinymnist bench Model_11 --channels-last no --repeat 5 --save results/bench/7-final-nchw.json
 tinymnist bench Model_11 --options --save results/bench/9-options-final.json
 tinymnist bench Model_24 --epochs 15 --save results/bench/10-end-to-end-Model_24.json
 tinymnist bench Model_23 --epochs 15 --save results/bench/11-end-to-end-Model_23.json

@@ -141,6 +141,7 @@ def test_bench_runs_both_pipelines_on_a_few_batches(mnist_dir):
     assert res["fast_img_s"] > 0 and res["baseline_img_s"] > 0
     assert res["ratio"] == pytest.approx(res["fast_img_s"] / res["baseline_img_s"], rel=0.01)
     assert res["train_flops_per_image"] == 6 * 1_068_480
+    assert res["settings"] == {"dropout_impl": "fast", "channels_last": True, "kernels": "fast"}  # project_settings
 
 
 def test_bench_epochs_times_the_final_model_end_to_end(mnist_dir):

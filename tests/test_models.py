@@ -96,24 +96,45 @@ def test_recipe_round_trips_and_rejects_unknown_fields():
         recipe.with_overrides(learning_rate=1)
 
 
-def test_fast_dropout_drops_p_and_keeps_the_mean():
+@pytest.mark.parametrize("p", [0.05, 0.5])  # drawn as positions (p <= SPARSE_UP_TO) and as 16-bit masks
+def test_fast_dropout_drops_p_and_keeps_the_mean(p):
     from tinymnist.model import FastDropout, use_fast_dropout
 
     torch.manual_seed(0)
-    drop = FastDropout(0.05).train()
+    drop = FastDropout(p).train()
     y = drop(torch.ones(64, 16, 24, 24))
-    assert (y == 0).float().mean().item() == pytest.approx(0.05, abs=0.002)
+    assert (y == 0).float().mean().item() == pytest.approx(p, abs=0.002)
     assert y.mean().item() == pytest.approx(1.0, abs=0.01)
-    x = torch.randn(4, 3, 5, 5, requires_grad=True)
+    # channels-last activations and a gradient laid out otherwise: the same elements dropped both ways
+    x = torch.randn(4, 3, 5, 5).contiguous(memory_format=torch.channels_last).requires_grad_()
     y = drop(x)
-    y.backward(torch.ones_like(y))
+    grad = torch.randn(4, 3, 5, 5)
+    y.backward(grad)
     kept = y != 0
     assert 0 < kept.sum() < x.numel()
-    assert torch.allclose(y[kept], x[kept] / 0.95) and torch.equal(x.grad, kept / 0.95)  # the mask, both ways
+    assert torch.allclose(y[kept], x[kept] / (1 - p)) and torch.allclose(x.grad, kept * grad / (1 - p))
     assert torch.equal(drop.eval()(x), x)
     model = use_fast_dropout(create_model("Model_6"))
     assert not any(type(m) is torch.nn.Dropout for m in model.modules())
     assert sum(isinstance(m, FastDropout) for m in model.modules()) == 6
+
+
+def test_bernoulli_positions_are_independent_draws_of_probability_p():
+    from tinymnist.model import bernoulli_positions
+
+    torch.manual_seed(0)
+    n, p = 2_000_000, 0.05
+    picked = torch.zeros(n, dtype=torch.bool).index_fill_(0, bernoulli_positions(n, p), True)
+    assert picked.float().mean().item() == pytest.approx(p, abs=0.001)
+    # after a picked position, the next one is picked with probability p again (no clumping, no spacing)
+    assert picked[1:][picked[:-1]].float().mean().item() == pytest.approx(p, abs=0.005)
+    # drawn a few gaps at a time (many rounds of drawing again): still p at every position, independently
+    rounds = torch.stack([torch.zeros(40).index_fill_(0, bernoulli_positions(40, 0.2, draws=2), 1) for _ in range(5000)])
+    assert torch.allclose(rounds.mean(0), torch.full((40,), 0.2), atol=0.03)
+    assert rounds[:, 1:][rounds[:, :-1] == 1].mean().item() == pytest.approx(0.2, abs=0.015)
+    positions = bernoulli_positions(1000, 0.3)
+    assert (positions[1:] > positions[:-1]).all() and 0 <= positions.min() and positions.max() < 1000
+    assert len(bernoulli_positions(0, 0.1)) == 0
 
 
 @pytest.mark.parametrize("name", MODELS)

@@ -139,31 +139,47 @@ def time_fast(model_name: str, data: MNIST, recipe: Recipe, batches: int, device
     return len(labels) / (time.perf_counter() - start)
 
 
+def project_settings(recipe: Recipe) -> dict:
+    """The project pipeline's speed settings for a network trained as `recipe` defines it: FastDropout,
+    channels-last activations and the fast CPU kernels (or the recipe's own, when it names faster ones).
+    Together they were measured faster on the networks whose recipes use none of them, Model_6 and Model_7,
+    though channels_last alone is not: PyTorch's channels-last BatchNorm is slow for 8 or 24 channels, which
+    the fast kernels replace (see the README's Performance section and `bench --options`)."""
+    kernels = "fast" if recipe.kernels == "torch" else recipe.kernels
+    return {"dropout_impl": "fast", "channels_last": True, "kernels": kernels}
+
+
 def option_variants(base: Recipe) -> tuple[str, dict, list[tuple[str, dict, object, bool]]]:
     """The speed options worth timing for a recipe: (label of the starting point, its overrides, variants).
 
-    Each variant is (label, recipe overrides, tweak(model) -> model or None, bfloat16 autocast). The dropout
-    variants appear only for a model with dropout, whose variants then start from FastDropout.
+    The recipe as it is comes first; the other variants start from the project's settings (`project_settings`)
+    and change one thing each. Each variant is (label, recipe overrides, tweak(model) -> model or None,
+    bfloat16 autocast). The dropout variants appear only for a model with dropout.
     """
     dropout = base.dropout > 0
-    fast = {"dropout_impl": "fast"} if dropout else {}
-    start_label = "FastDropout" if dropout else "as the recipe"
-    layout = "NCHW instead of channels_last" if base.channels_last else "channels_last"
+    fast = project_settings(base)
+    changed = [("FastDropout" if k == "dropout_impl" else "channels_last" if k == "channels_last" else f'kernels="{v}"')
+               for k, v in fast.items() if getattr(base, k) != v and (k != "dropout_impl" or dropout)]
+    start_label = "project settings" if changed else "as the recipe"
     impl = {"torch": "nn.Dropout", "fast": "FastDropout"}[base.dropout_impl] if dropout else "no dropout"
-    variants = [(f"as the recipe: batch {base.batch_size}, {impl}", {}, None, False)]
+    layout = "channels_last" if base.channels_last else "NCHW"
+    variants = [(f'as the recipe: batch {base.batch_size}, {impl}, {layout}, kernels="{base.kernels}"', {}, None, False)]
+    if changed:
+        variants.append((f"{start_label}: {' + '.join(changed)}", fast, None, False))
     if dropout:
         variants += [
-            ("FastDropout (same masks, cheaper sampling)", fast, None, False),
-            ("nn.Dropout2d (whole channels: another regulariser)", {}, lambda m: replace_dropout(m, nn.Dropout2d), False),
-            ("no dropout", {"dropout": 0.0}, None, False),
+            (f"{start_label}, nn.Dropout instead of FastDropout", {**fast, "dropout_impl": "torch"}, None, False),
+            (f"{start_label}, nn.Dropout2d (whole channels: another regulariser)", fast,
+             lambda m: replace_dropout(m, nn.Dropout2d), False),
+            (f"{start_label}, no dropout", {**fast, "dropout": 0.0}, None, False),
         ]
-    variants += [(f"{start_label} + {layout}", {**fast, "channels_last": not base.channels_last}, None, False)]
-    variants += [(f'{start_label}, kernels="{k}"' + (" (PyTorch's own)" if k == "torch" else " (kernels.py)"),
-                  {**fast, "kernels": k}, None, False) for k in KERNELS if k != base.kernels]
+    variants.append((f"{start_label}, NCHW instead of channels_last", {**fast, "channels_last": False}, None, False))
+    variants += [(f'{start_label}, kernels="{k}" instead of "{fast["kernels"]}"' + (" (PyTorch's own)" if k == "torch" else ""),
+                  {**fast, "kernels": k}, None, False) for k in KERNELS if k != fast["kernels"]]
     variants.append((f"{start_label} + bfloat16 autocast", fast, None, True))
     variants += [(f"{start_label}, batch {b}", {**fast, "batch_size": b}, None, False) for b in (128, 256) if b != base.batch_size]
     if dropout:
-        variants.append(("no dropout, batch 256", {"dropout": 0.0, "batch_size": 256}, None, False))
+        variants.append((f"{start_label}, no dropout, batch 256", {**fast, "dropout": 0.0, "batch_size": 256}, None, False))
     return start_label, fast, variants
 
 
@@ -209,15 +225,10 @@ def train_flops(model_name: str) -> int:
     return 6 * summary_dict(model_name, create_model(model_name))["macs"]
 
 
-# The project pipeline's speed settings for a network trained as its recipe defines it (see the README's
-# Performance section for the measurements behind them). The memory layout is the recipe's own: NHWC is
-# faster for some of these networks and slower for others, so each recipe says which it was measured to want.
-FAST_SETTINGS = {"dropout_impl": "fast"}
-
-
 def compare(model_name: str, data: MNIST, device, batches: int = 100, repeat: int = 3, **overrides) -> dict:
     """Median images/s of each pipeline over `repeat` alternating repetitions on the same network."""
-    fast_recipe = get_entry(model_name).recipe.with_overrides(**{**FAST_SETTINGS, **overrides})
+    recipe = get_entry(model_name).recipe
+    fast_recipe = recipe.with_overrides(**{**project_settings(recipe), **overrides})
     fast, base = [], []
     for _ in range(repeat):
         fast.append(time_fast(model_name, data, fast_recipe, batches, device))

@@ -315,8 +315,10 @@ def bench_tables(results: Path) -> str:
     for rec in recs:
         if "fast_img_s" in rec:
             settings = ", ".join(f"{k}={v}" for k, v in rec["settings"].items())
+            reps = len(rec.get("fast_runs", [None]))
+            how = f", median of {reps} alternating repetitions" if reps > 1 else ""
             lines.append(
-                f"| {rec['model']} training, project batch {rec['batch_size']} ({settings}) vs baseline batch 64 | "
+                f"| {rec['model']} training{how}, project batch {rec['batch_size']} ({settings}) vs baseline batch 64 | "
                 f"{rec['fast_img_s']:,.0f} img/s ({rec['fast_gflop_s']:.1f} GFLOP/s) | "
                 f"{rec['baseline_img_s']:,.0f} img/s ({rec['baseline_gflop_s']:.1f} GFLOP/s) | "
                 f"**{rec['ratio']:.2f}x** | [{Path(rec['_path']).name}]({rec['_path']}) |"
