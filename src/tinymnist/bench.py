@@ -142,9 +142,9 @@ def time_fast(model_name: str, data: MNIST, recipe: Recipe, batches: int, device
 def project_settings(recipe: Recipe) -> dict:
     """The project pipeline's speed settings for a network trained as `recipe` defines it: FastDropout,
     channels-last activations and the fast CPU kernels (or the recipe's own, when it names faster ones).
-    Together they were measured faster on the networks whose recipes use none of them, Model_6 and Model_7,
-    though channels_last alone is not: PyTorch's channels-last BatchNorm is slow for 8 or 24 channels, which
-    the fast kernels replace (see the README's Performance section and `bench --options`)."""
+    They were measured faster together on Model_6 and Model_7, whose recipes use none of them: in
+    channels-last, PyTorch's BatchNorm is slow for 8 or 24 channels, which the fast kernels replace (see the
+    README's Performance section and `bench --options`)."""
     kernels = "fast" if recipe.kernels == "torch" else recipe.kernels
     return {"dropout_impl": "fast", "channels_last": True, "kernels": kernels}
 

@@ -409,8 +409,8 @@ class Model_8(nn.Sequential):
 # channels_last: chosen when a side-by-side measurement on this 2-core CPU had Model_9's step faster in NHWC
 # (its max-pool and convolutions over 8 channels at 26x26); the committed benchmark records now put the two
 # layouts within noise of each other for this network (README, Performance), and it stays on because the
-# records of Model_9 and after were made with it. Model_6 and Model_7 are not faster in it with PyTorch's kernels,
-# whose channels-last BatchNorm is slow for 8 or 24 channels, but are with the fast ones (`bench.project_settings`).
+# records of Model_9 and after were made with it. Model_6 and Model_7 gain most from it with the fast kernels,
+# which replace PyTorch's channels-last BatchNorm, slow for 8 or 24 channels (`bench.project_settings`).
 AVERAGED = FAST.with_overrides(ema=0.999, channels_last=True)
 
 
