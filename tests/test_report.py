@@ -141,3 +141,17 @@ def test_a_taught_models_end_to_end_row_says_its_teachers_training_is_not_includ
     rows = [line for line in bench_tables(tmp_path).splitlines() if "epochs with evaluation" in line]
     assert "(own recipe, taught by 3 shipped Model_11 run(s) whose training is not included)" in rows[0]
     assert "(own recipe)" in rows[1]
+
+
+def test_a_same_network_row_says_how_many_repetitions_its_median_is_of(tmp_path):
+    folder = tmp_path / "bench"
+    folder.mkdir()
+    machine = {"cpu": "x", "cores": 2, "torch_threads": 2, "system": "Linux"}
+    for name, runs in (("1-seven.json", [1.0] * 7), ("2-one.json", [1.0])):
+        rec = {"model": name, "batch_size": 64, "settings": {"kernels": "fast"}, "fast_img_s": 2.0,
+               "baseline_img_s": 1.0, "fast_gflop_s": 0.1, "baseline_gflop_s": 0.1, "ratio": 2.0,
+               "fast_runs": runs, "machine": machine, "command": name, "torch": "2"}
+        (folder / name).write_text(json.dumps(rec))
+    rows = [line for line in bench_tables(tmp_path).splitlines() if "vs baseline batch 64" in line]
+    assert "| 1-seven.json training, median of 7 alternating repetitions, project batch 64" in rows[0]
+    assert "| 2-one.json training, project batch 64" in rows[1]

@@ -158,8 +158,8 @@ def option_variants(base: Recipe) -> tuple[str, dict, list[tuple[str, dict, obje
     """
     dropout = base.dropout > 0
     fast = project_settings(base)
-    changed = [("FastDropout" if k == "dropout_impl" else "channels_last" if k == "channels_last" else f'kernels="{v}"')
-               for k, v in fast.items() if getattr(base, k) != v and (k != "dropout_impl" or dropout)]
+    names = {"dropout_impl": "FastDropout", "channels_last": "channels_last", "kernels": f'kernels="{fast["kernels"]}"'}
+    changed = [names[k] for k, v in fast.items() if getattr(base, k) != v and (k != "dropout_impl" or dropout)]
     start_label = "project settings" if changed else "as the recipe"
     impl = {"torch": "nn.Dropout", "fast": "FastDropout"}[base.dropout_impl] if dropout else "no dropout"
     layout = "channels_last" if base.channels_last else "NCHW"
