@@ -26,17 +26,18 @@ for m in Model_16 Model_17 Model_18 Model_19 Model_20 Model_21 Model_22 Model_23
   tinymnist train "$m" --seeds 1-5 --quiet
 done
 tinymnist train Model_30 --seeds 1-2 --quiet  # stopped after two seeds: both missed (step 30 in the README)
-for m in Model_31 Model_32 Model_33 Model_34 Model_35 Model_36 Model_37 Model_38 Model_39; do  # 35 to 38: three Model_11 runs teach
+for m in Model_31 Model_32 Model_33 Model_34 Model_35 Model_36 Model_37 Model_38 Model_39 Model_40 Model_41; do  # 35 to 38: three Model_11 runs teach
   tinymnist train "$m" --seeds 1-5 --quiet
 done
 tinymnist train Model_9 --seed 1 --val 10000 --out results/val --quiet
 tinymnist train Model_11 --seed 1 --val 10000 --out results/val --quiet
 tinymnist train Model_26 --seed 1 --val 10000 --out results/val --quiet
+tinymnist train Model_41 --seed 1 --val 10000 --out results/val --quiet
 # speed
 tinymnist bench Model_6 --repeat 7 --save results/bench/1-same-network.json
 tinymnist bench Model_6 --batch-size 256 --repeat 7 --save results/bench/2-same-network-batch256.json
 tinymnist bench Model_6 --batch-size 128 --repeat 7 --save results/bench/19-same-network-batch128.json
-tinymnist bench --epochs 15 --repeat 3 --save results/bench/3-end-to-end.json
+tinymnist bench Model_26 --epochs 15 --repeat 3 --save results/bench/3-end-to-end.json
 tinymnist bench Model_6 --options --repeat 7 --save results/bench/4-options.json
 tinymnist bench Model_9 --epochs 15 --save results/bench/5-end-to-end-Model_9.json
 tinymnist bench Model_7 --epochs 15 --save results/bench/8-end-to-end-Model_7.json
@@ -52,4 +53,5 @@ tinymnist bench Model_29 --epochs 15 --repeat 3 --save results/bench/15-end-to-e
 tinymnist bench Model_35 --options --save results/bench/16-options-Model_35.json
 tinymnist bench Model_35 --epochs 15 --repeat 3 --save results/bench/17-end-to-end-Model_35.json
 tinymnist bench Model_33 --epochs 15 --repeat 3 --save results/bench/18-end-to-end-Model_33.json
+tinymnist bench Model_41 --epochs 15 --repeat 3 --save results/bench/20-end-to-end-Model_41.json  # the final model
 tinymnist report

@@ -90,6 +90,27 @@ def test_final_goal_needs_every_seed_and_an_unrounded_mean(tmp_path, last, met):
     assert roles_from_records(tmp_path)["final"] == expected
 
 
+def test_final_role_goes_to_the_model_that_meets_the_goal_in_the_fewest_training_steps(tmp_path):
+    """Batch 256 (Model_41) before batch 64 (Models 11 and 26) whatever the means; a taught model's steps count
+    its teachers' runs (Model_35: batch 256 but three batch-64 teachers); equal steps go to the higher mean."""
+    from tinymnist.report import training_steps
+
+    assert training_steps("Model_41") == 15 * 235 and training_steps("Model_26") == 15 * 938
+    assert training_steps("Model_35") == 15 * 235 + 3 * 15 * 938
+    met = [99.0] * 10 + [99.5] * 5
+    for model, last in (("Model_11", 99.52), ("Model_26", 99.53), ("Model_35", 99.6), ("Model_41", 99.51)):
+        records_of(tmp_path, model, 7568, [[99.0] * 10 + [last] * 5] * 5)
+    assert roles_from_records(tmp_path)["final"] == "Model_41"
+    records_of(tmp_path, "Model_7", 7568, [met] * 5)  # batch 128: fewer steps than 64, more than 256
+    assert roles_from_records(tmp_path)["final"] == "Model_41"
+    for seed in range(1, 6):
+        (tmp_path / "Model_41" / f"seed{seed}.json").unlink()
+    assert roles_from_records(tmp_path)["final"] == "Model_7"
+    for seed in range(1, 6):
+        (tmp_path / "Model_7" / f"seed{seed}.json").unlink()
+    assert roles_from_records(tmp_path)["final"] == "Model_26"  # Model_11's steps, a higher mean; Model_35 taught
+
+
 def test_goals_need_five_seeds_and_the_parameter_budget(tmp_path):
     records_of(tmp_path, "Model_8", 3738, [[99.6] * 15] * 4)  # held, but on four seeds only
     records_of(tmp_path, "Model_9", 7568, [[99.6] * 15] * 5)  # held on five, but over the tiny budget

@@ -21,6 +21,7 @@ from torch.optim.swa_utils import AveragedModel
 from .augment import augment_batch
 from .data import MEAN, STD, MNIST
 from .flat import flat_pairs, flat_parameters, flatten_
+from .ghost import use_ghost_batches
 from .kernels import fuse_relu_batchnorm, fuse_relu_batchnorm_maxpool
 from .model import use_fast_dropout
 from .recipe import KERNELS, Recipe, lr_at
@@ -57,8 +58,8 @@ def prepare(images: torch.Tensor, augment=None, channels_last: bool = False, out
 
 
 def configure(model: nn.Module, recipe: Recipe) -> nn.Module:
-    """Applies the recipe's speed settings to a freshly built model (none changes its parameters' values);
-    its parameters and buffers end up in flat tensors (`flat.flatten_`), so the optimizer and the weight
+    """Applies the recipe's speed settings to a freshly built model (none changes its parameters' values),
+    and its ghost batches (`Recipe.ghost_batch`); its parameters and buffers end up in flat tensors (`flat.flatten_`), so the optimizer and the weight
     average update each group in one operation."""
     on_cpu = next(model.parameters()).device.type == "cpu"
     if recipe.dropout_impl == "fast" and on_cpu:
@@ -71,6 +72,8 @@ def configure(model: nn.Module, recipe: Recipe) -> nn.Module:
         fuse_relu_batchnorm_maxpool(model)
     if recipe.kernels != "torch" and on_cpu:
         fuse_relu_batchnorm(model)  # the pairs left
+    if recipe.ghost_batch:  # not a speed setting: it changes what the BatchNorm layers compute in training
+        use_ghost_batches(model, recipe.ghost_batch)
     if recipe.channels_last:
         model.to(memory_format=torch.channels_last)
     return flatten_(model)

@@ -57,6 +57,8 @@ class Recipe:
     teacher_seeds: int = 1  # how many of the teacher's runs (seeds 1, 2, ...) teach together, as one ensemble
     teacher_cache: bool = False  # the teacher's outputs for the training images as they are, computed once, stand
     # in for its outputs on each augmented batch: no teacher forward pass per step (soft labels as in ReLabel)
+    ghost_batch: int = 0  # > 0: in training, BatchNorm normalises each group of this many images of a batch with
+    # the group's own statistics (ghost batch normalisation, ghost.py)
     label_smoothing: float = 0.0  # the label loss's target gives this much probability, spread evenly, to all classes
     eval_batch_size: int = 1000  # evaluation has no gradients: large batches are cheaper
 

@@ -1,0 +1,52 @@
+"""Ghost batch normalisation (Hoffer, Hubara and Soudry, 2017, "Train longer, generalize better"): in
+training, BatchNorm normalises each group of `size` images of a batch with that group's own mean and
+variance, as if the group were a batch of its own (`Recipe.ghost_batch`).
+
+A large batch is cheaper per image on a CPU, but its BatchNorm statistics are less noisy than a small
+batch's, and that noise regularises. Ghost batches keep the large batch's steps and give each image the
+statistics of a small one. Evaluation uses the running statistics, which every group updates in turn, as
+consecutive small batches would.
+
+`use_ghost_batches` changes the class of each BatchNorm2d in place (to a subclass of its own class, fused
+ones included), so its parameters, buffers and state dict stay as they were.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+
+class _Ghost:
+    """Mixed in before a BatchNorm2d class: training splits the batch into groups of `ghost_size` images."""
+
+    ghost_size: int
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        whole = super().forward  # the BatchNorm2d class's own forward
+        if not self.training or len(x) <= self.ghost_size:
+            return whole(x)
+        return torch.cat([whole(part) for part in x.split(self.ghost_size)])
+
+
+_GHOST_CLASSES: dict[type, type] = {}
+
+
+def ghost_class(cls: type[nn.BatchNorm2d]) -> type[nn.BatchNorm2d]:
+    """The ghost-batch subclass of a BatchNorm2d class (one per class)."""
+    if issubclass(cls, _Ghost):
+        return cls
+    if cls not in _GHOST_CLASSES:
+        _GHOST_CLASSES[cls] = type(f"Ghost{cls.__name__}", (_Ghost, cls), {"__module__": __name__})
+    return _GHOST_CLASSES[cls]
+
+
+def use_ghost_batches(model: nn.Module, size: int) -> nn.Module:
+    """Every BatchNorm2d of `model` (in place) normalises groups of `size` images in training; returns it."""
+    if size < 1:
+        raise ValueError(f"ghost_batch must be 1 or more images, not {size}")
+    for module in model.modules():
+        if isinstance(module, nn.BatchNorm2d):
+            module.__class__ = ghost_class(type(module))
+            module.ghost_size = size
+    return model

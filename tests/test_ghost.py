@@ -1,0 +1,88 @@
+"""Ghost batch normalisation (`ghost.py`, `Recipe.ghost_batch`): in training, each group of images is normalised
+as a batch of its own."""
+
+import copy
+
+import pytest
+import torch
+from torch import nn
+
+from tinymnist.engine import configure
+from tinymnist.ghost import ghost_class, use_ghost_batches
+from tinymnist.kernels import ReluBatchNorm2d, ReluBatchNormMaxPool2d
+from tinymnist.model import create_model, get_entry
+
+BATCHNORMS = [nn.BatchNorm2d, ReluBatchNorm2d, ReluBatchNormMaxPool2d]
+
+
+def with_statistics(cls: type[nn.BatchNorm2d], channels: int) -> nn.BatchNorm2d:
+    bn = cls(channels)
+    g = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        bn.weight.copy_(torch.rand(channels, generator=g) + 0.5)
+        bn.bias.copy_(torch.randn(channels, generator=g))
+    return bn
+
+
+@pytest.mark.parametrize("cls", BATCHNORMS)
+@pytest.mark.parametrize("layout", [torch.channels_last, torch.contiguous_format])
+@pytest.mark.parametrize("batch, size", [(12, 4), (10, 4), (3, 4)])
+def test_ghost_batches_are_normalised_as_separate_batches(cls, layout, batch, size):
+    """Output, input and parameter gradients and running statistics equal those of the plain layer run on each
+    group in turn (the last group smaller when the batch does not divide), in either memory layout."""
+    x = (torch.randn(batch, 8, 6, 6, generator=torch.Generator().manual_seed(0)) + 0.3).to(memory_format=layout)
+    plain = with_statistics(cls, 8)
+    ghost = use_ghost_batches(copy.deepcopy(plain), size)
+    xp, xg = x.clone().requires_grad_(), x.clone().requires_grad_()
+    want = torch.cat([plain(part) for part in xp.split(size)])
+    got = ghost(xg)
+    grad = torch.linspace(-1, 1, want.numel()).view_as(want)
+    want.backward(grad)
+    got.backward(grad)
+    torch.testing.assert_close(got, want)
+    torch.testing.assert_close(xg.grad, xp.grad)
+    for name in ("weight", "bias"):
+        torch.testing.assert_close(getattr(ghost, name).grad, getattr(plain, name).grad)
+    for name, buffer in plain.named_buffers():
+        torch.testing.assert_close(ghost.get_buffer(name), buffer)
+
+
+@pytest.mark.parametrize("cls", BATCHNORMS)
+def test_ghost_batches_change_training_but_not_evaluation(cls):
+    x = torch.randn(16, 8, 6, 6, generator=torch.Generator().manual_seed(0)) * torch.linspace(0.5, 3, 16).view(-1, 1, 1, 1)
+    plain = with_statistics(cls, 8)
+    ghost = use_ghost_batches(copy.deepcopy(plain), 4)
+    assert not torch.allclose(ghost(x), plain(x), atol=1e-3)  # each group's own statistics, not the batch's
+    plain.eval()
+    ghost.eval()
+    ghost.load_state_dict(plain.state_dict())
+    assert torch.equal(ghost(x), plain(x))
+
+
+@pytest.mark.parametrize("name, kernels", [("Model_9", "torch"), ("Model_9", "fast"), ("Model_9", "fast+pool"),
+                                           ("Model_14", "fast")])
+def test_recipe_ghost_batch_converts_every_batchnorm_and_keeps_the_state_dict(name, kernels):
+    model = create_model(name)
+    recipe = get_entry(name).recipe.with_overrides(kernels=kernels)
+    plain = configure(copy.deepcopy(model), recipe)
+    ghost = configure(copy.deepcopy(model), recipe.with_overrides(ghost_batch=32))
+    norms = [m for m in ghost.modules() if isinstance(m, nn.BatchNorm2d)]
+    assert norms and all(type(m).__name__.startswith("Ghost") and m.ghost_size == 32 for m in norms)
+    assert [type(m).__bases__[-1] for m in norms] == [type(m) for m in plain.modules() if isinstance(m, nn.BatchNorm2d)]
+    assert ghost.state_dict().keys() == plain.state_dict().keys()
+    assert all(torch.equal(ghost.state_dict()[k], v) for k, v in plain.state_dict().items())
+
+
+def test_ghost_class_is_made_once_per_class():
+    cls = ghost_class(ReluBatchNorm2d)
+    assert ghost_class(ReluBatchNorm2d) is cls and ghost_class(cls) is cls
+    assert issubclass(cls, ReluBatchNorm2d)
+
+
+@pytest.mark.parametrize("size", [0, -64])
+def test_bad_ghost_batch_is_an_error(size):
+    with pytest.raises(ValueError, match=f"ghost_batch must be 1 or more images, not {size}"):
+        use_ghost_batches(nn.BatchNorm2d(4), size)
+    if size < 0:  # 0 in a recipe means no ghost batches
+        with pytest.raises(ValueError, match="ghost_batch must be 1 or more"):
+            configure(create_model("Model_9"), get_entry("Model_9").recipe.with_overrides(ghost_batch=size))
