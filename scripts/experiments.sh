@@ -53,5 +53,5 @@ tinymnist bench Model_29 --epochs 15 --repeat 3 --save results/bench/15-end-to-e
 tinymnist bench Model_35 --options --save results/bench/16-options-Model_35.json
 tinymnist bench Model_35 --epochs 15 --repeat 3 --save results/bench/17-end-to-end-Model_35.json
 tinymnist bench Model_33 --epochs 15 --repeat 3 --save results/bench/18-end-to-end-Model_33.json
-tinymnist bench Model_41 --epochs 15 --repeat 3 --save results/bench/20-end-to-end-Model_41.json  # the final model
+tinymnist bench Model_41 --epochs 15 --repeat 5 --save results/bench/20-end-to-end-Model_41.json  # the final model
 tinymnist report

@@ -16,6 +16,9 @@ them with PyTorch's own. `kernels="fast"` uses the first two, `kernels="fast+poo
   activations are computed for a quarter of it, and the backward pass writes the input's gradient in two
   passes instead of a dozen.
 
+The two fused functions also take `groups`: the batch's equal groups of consecutive images each normalised
+with its own statistics (ghost batches, `ghost.py`), in the same operations, with a leading group dimension.
+
 See the Performance section of the README for what they are worth.
 """
 
@@ -28,15 +31,30 @@ import torch.nn.functional as F
 from torch import nn
 
 
-def _rows(t: torch.Tensor) -> torch.Tensor:
-    """(N, C, H, W) -> (N * H, W * C): a view when `t` is channels-last, a copy otherwise."""
+def _rows(t: torch.Tensor, groups: int = 1) -> torch.Tensor:
+    """(N, C, H, W) -> (G, N / G * H, W * C), G = `groups` of consecutive images: a view when `t` is
+    channels-last, a copy otherwise."""
     n, c, h, w = t.shape
-    return t.permute(0, 2, 3, 1).reshape(n * h, w * c)
+    return t.permute(0, 2, 3, 1).reshape(groups, n // groups * h, w * c)
 
 
 def _per_channel(row_sums: torch.Tensor, c: int) -> torch.Tensor:
-    """Sums over the rows of a (N * H, W * C) view, (W * C,), -> per-channel sums, (C,)."""
-    return row_sums.view(-1, c).sum(0)
+    """Sums over the rows of each group, (G, W * C), -> per-channel sums, (G, C)."""
+    return row_sums.view(len(row_sums), -1, c).sum(1)
+
+
+def _wide(per_channel: torch.Tensor, w: int) -> torch.Tensor:
+    """(G, C) -> (G, 1, W * C): per-channel values laid out along a row, for each group's rows."""
+    return per_channel.repeat(1, w).unsqueeze(1)
+
+
+def _group_sum(per_group: torch.Tensor) -> torch.Tensor:
+    """(G, C) -> (C,), adding the last group first: the order in which autograd adds the gradients of the
+    same layer run on each group in turn (`ghost.py`), so that both give the same numbers."""
+    total = per_group[-1]
+    for part in per_group.flip(0)[1:]:
+        total = total + part
+    return total
 
 
 # these functions compute in float32: under bfloat16 autocast (on a CPU) their inputs are cast to it
@@ -44,30 +62,32 @@ _float32_under_autocast = torch.amp.custom_fwd(device_type="cpu", cast_inputs=to
 _backward_as_forward = torch.amp.custom_bwd(device_type="cpu")
 
 
-def _relu_statistics(x, running_mean, running_var, momentum: float, eps: float):
-    """ReLU(x) as (N * H, W * C) rows, the same centred per channel, the batch mean and 1 / std per channel;
-    updates the running statistics as nn.BatchNorm2d does."""
+def _relu_statistics(x, running_mean, running_var, momentum: float, eps: float, groups: int):
+    """ReLU(x) as (G, N / G * H, W * C) rows, the same centred per group and channel, the mean and 1 / std per
+    group and channel, (G, C); updates the running statistics as nn.BatchNorm2d does, group after group."""
     n, c, h, w = x.shape
-    count = n * h * w
-    r = _rows(x).clamp_min(0)
-    mean = _per_channel(r.sum(0), c) / count
-    centred = r - mean.repeat(w)
-    var = _per_channel(centred.square().sum(0), c) / count  # biased, for normalising
+    count = n // groups * h * w
+    r = _rows(x, groups).clamp_min(0)
+    mean = _per_channel(r.sum(1), c) / count
+    centred = r - _wide(mean, w)
+    var = _per_channel(centred.square().sum(1), c) / count  # biased, for normalising
     with torch.no_grad():
-        running_mean.lerp_(mean, momentum)
-        running_var.lerp_(var * (count / max(count - 1, 1)), momentum)  # unbiased, as nn.BatchNorm2d
+        for group_mean, group_var in zip(mean, var):
+            running_mean.lerp_(group_mean, momentum)
+            running_var.lerp_(group_var * (count / max(count - 1, 1)), momentum)  # unbiased, as nn.BatchNorm2d
     return r, centred, mean, torch.rsqrt(var + eps)
 
 
 class _ReluBatchNorm(torch.autograd.Function):
-    """y = BatchNorm(ReLU(x)) with batch statistics; updates the running statistics as nn.BatchNorm2d does."""
+    """y = BatchNorm(ReLU(x)) with the statistics of each of `groups` equal groups of consecutive images (1:
+    the batch's); updates the running statistics as nn.BatchNorm2d does."""
 
     @staticmethod
     @_float32_under_autocast
-    def forward(ctx, x, weight, bias, running_mean, running_var, momentum: float, eps: float):
+    def forward(ctx, x, weight, bias, running_mean, running_var, momentum: float, eps: float, groups: int = 1):
         n, c, h, w = x.shape
-        r, centred, _, invstd = _relu_statistics(x, running_mean, running_var, momentum, eps)
-        xhat = centred.mul_(invstd.repeat(w))
+        r, centred, _, invstd = _relu_statistics(x, running_mean, running_var, momentum, eps, groups)
+        xhat = centred.mul_(_wide(invstd, w))
         y = torch.addcmul(bias.repeat(w), xhat, weight.repeat(w))
         ctx.save_for_backward(r, xhat, weight, invstd)
         return y.view(n, h, w, c).permute(0, 3, 1, 2)  # channels-last (N, C, H, W)
@@ -77,17 +97,19 @@ class _ReluBatchNorm(torch.autograd.Function):
     def backward(ctx, grad_y):
         r, xhat, weight, invstd = ctx.saved_tensors
         n, c, h, w = grad_y.shape
-        count = n * h * w
-        g = _rows(grad_y)
-        grad_bias = _per_channel(g.sum(0), c)
-        grad_weight = _per_channel((g * xhat).sum(0), c)
-        grad = torch.addcmul(g, xhat, (grad_weight / -count).repeat(w))
-        grad.sub_((grad_bias / count).repeat(w)).mul_((weight * invstd).repeat(w))
+        groups = len(r)
+        count = n // groups * h * w
+        g = _rows(grad_y, groups)
+        grad_bias = _per_channel(g.sum(1), c)
+        grad_weight = _per_channel((g * xhat).sum(1), c)
+        grad = torch.addcmul(g, xhat, _wide(grad_weight / -count, w))
+        grad.sub_(_wide(grad_bias / count, w)).mul_(_wide(weight * invstd, w))
         grad = torch.ops.aten.threshold_backward(grad, r, 0)  # ReLU's backward
-        return grad.view(n, h, w, c).permute(0, 3, 1, 2), grad_weight, grad_bias, None, None, None, None
+        return (grad.view(n, h, w, c).permute(0, 3, 1, 2), _group_sum(grad_weight), _group_sum(grad_bias),
+                None, None, None, None, None)
 
 
-class _FusedBatchNorm2d(nn.BatchNorm2d):
+class FusedBatchNorm2d(nn.BatchNorm2d):
     """A BatchNorm2d (parameters, buffers, state dict) fused with the operations around it: training with
     batch statistics and running averages runs `function`; anything else, `unfused`."""
 
@@ -96,16 +118,18 @@ class _FusedBatchNorm2d(nn.BatchNorm2d):
     def unfused(self, x: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, groups: int = 1) -> torch.Tensor:
+        """`groups` > 1 (training only): the batch's `groups` equal parts each normalised with its own
+        statistics, as if run one after the other (ghost batches, `ghost.py`)."""
         if not self.training or self.momentum is None or not self.track_running_stats:
             return self.unfused(x)
-        self.num_batches_tracked.add_(1)
+        self.num_batches_tracked.add_(groups)
         return self.function.apply(
-            x, self.weight, self.bias, self.running_mean, self.running_var, self.momentum, self.eps
+            x, self.weight, self.bias, self.running_mean, self.running_var, self.momentum, self.eps, groups
         )
 
 
-class ReluBatchNorm2d(_FusedBatchNorm2d):
+class ReluBatchNorm2d(FusedBatchNorm2d):
     """ReLU then BatchNorm2d, with the parameters, buffers and state dict of the BatchNorm2d alone.
 
     Training uses `_ReluBatchNorm`; evaluation, PyTorch's BatchNorm with the running statistics."""
@@ -131,14 +155,15 @@ class _ReluBatchNormMaxPool(torch.autograd.Function):
 
     @staticmethod
     @_float32_under_autocast
-    def forward(ctx, x, weight, bias, running_mean, running_var, momentum: float, eps: float):
+    def forward(ctx, x, weight, bias, running_mean, running_var, momentum: float, eps: float, groups: int = 1):
         n, c, h, w = x.shape
-        r, centred, mean, invstd = _relu_statistics(x, running_mean, running_var, momentum, eps)
+        r, centred, mean, invstd = _relu_statistics(x, running_mean, running_var, momentum, eps, groups)
         # weight * (r - mean) = |weight| * sign * (r - mean): its maximum is where sign * (r - mean) is largest
         sign = torch.where(weight < 0, -1.0, 1.0).to(x.dtype)
         signed = centred.mul_(sign.repeat(w))
         pooled, picked = F.max_pool2d(signed.view(n, h, w, c).permute(0, 3, 1, 2), 2, return_indices=True)
-        y = torch.addcmul(bias.view(1, c, 1, 1), pooled, (weight.abs() * invstd).view(1, c, 1, 1))
+        scale = (weight.abs() * invstd).view(groups, 1, c, 1, 1)
+        y = torch.addcmul(bias.view(1, c, 1, 1), pooled.unflatten(0, (groups, -1)), scale).flatten(0, 1)
         ctx.save_for_backward(r, pooled, picked, weight, mean, invstd, sign)
         ctx.size = (h, w)
         return y
@@ -149,23 +174,27 @@ class _ReluBatchNormMaxPool(torch.autograd.Function):
         r, pooled, picked, weight, mean, invstd, sign = ctx.saved_tensors
         n, c = grad_y.shape[:2]
         h, w = ctx.size
-        count = n * h * w
-        grad_bias = grad_y.sum((0, 2, 3))
-        grad_weight = (grad_y * pooled).sum((0, 2, 3)) * sign * invstd  # sum of grad_y * xhat at the maxima
+        groups = len(r)
+        count = n // groups * h * w
+        by_group = grad_y.unflatten(0, (groups, -1))  # (G, N / G, C, H / 2, W / 2)
+        grad_bias = by_group.sum((1, 3, 4))
+        # the sum of grad_y * xhat at the maxima
+        grad_weight = (by_group * pooled.unflatten(0, (groups, -1))).sum((1, 3, 4)) * sign * invstd
         # BatchNorm's input gradient is k * (grad at x - grad_bias / count - xhat * grad_weight / count), with
         # k = weight * invstd and xhat = (r - mean) * invstd. The last two terms reach every position, as
         # offset + slope * r; the first only the positions the max-pool picked.
         k = weight * invstd
         slope = k * invstd * grad_weight / -count
         offset = k * grad_bias / -count - slope * mean
-        grad = torch.addcmul(offset.repeat(w), r, slope.repeat(w))  # (N * H, W * C)
-        at_maxima = (grad_y * k.view(1, c, 1, 1)).permute(0, 2, 3, 1).reshape(n, -1, c)
+        grad = torch.addcmul(_wide(offset, w), r, _wide(slope, w))  # (G, N / G * H, W * C)
+        at_maxima = (by_group * k.view(groups, 1, c, 1, 1)).flatten(0, 1).permute(0, 2, 3, 1).reshape(n, -1, c)
         grad.view(n, h * w, c).scatter_add_(1, picked.permute(0, 2, 3, 1).reshape(n, -1, c), at_maxima)
         grad = torch.ops.aten.threshold_backward(grad, r, 0)  # ReLU's backward
-        return grad.view(n, h, w, c).permute(0, 3, 1, 2), grad_weight, grad_bias, None, None, None, None
+        return (grad.view(n, h, w, c).permute(0, 3, 1, 2), _group_sum(grad_weight), _group_sum(grad_bias),
+                None, None, None, None, None)
 
 
-class ReluBatchNormMaxPool2d(_FusedBatchNorm2d):
+class ReluBatchNormMaxPool2d(FusedBatchNorm2d):
     """ReLU, BatchNorm2d and MaxPool2d(2), with the parameters, buffers and state dict of the BatchNorm2d alone.
 
     Training uses `_ReluBatchNormMaxPool`. Evaluation with the running statistics pools first: ReLU and a
