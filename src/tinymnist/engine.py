@@ -59,8 +59,8 @@ def prepare(images: torch.Tensor, augment=None, channels_last: bool = False, out
 
 def configure(model: nn.Module, recipe: Recipe) -> nn.Module:
     """Applies the recipe's speed settings to a freshly built model (none changes its parameters' values),
-    and its ghost batches (`Recipe.ghost_batch`); its parameters and buffers end up in flat tensors (`flat.flatten_`), so the optimizer and the weight
-    average update each group in one operation."""
+    and its ghost batches (`Recipe.ghost_batch`); its parameters and buffers end up in flat tensors
+    (`flat.flatten_`), so the optimizer and the weight average update each group in one operation."""
     on_cpu = next(model.parameters()).device.type == "cpu"
     if recipe.dropout_impl == "fast" and on_cpu:
         use_fast_dropout(model)

@@ -1,6 +1,7 @@
 """Ghost batch normalisation (Hoffer, Hubara and Soudry, 2017, "Train longer, generalize better"): in
 training, BatchNorm normalises each group of `size` images of a batch with that group's own mean and
-variance, as if the group were a batch of its own (`Recipe.ghost_batch`).
+variance, as if the group were a batch of its own (`Recipe.ghost_batch`; the last group is smaller when
+the batch does not divide into groups).
 
 A large batch is cheaper per image on a CPU, but its BatchNorm statistics are less noisy than a small
 batch's, and that noise regularises. Ghost batches keep the large batch's steps and give each image the
