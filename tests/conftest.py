@@ -10,6 +10,13 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 
 
+def pytest_collection_modifyitems(items):
+    """A test that reads the real MNIST trains or evaluates on it: it is a slow one (-m "not slow" skips them)."""
+    for item in items:
+        if "mnist_dir" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.slow)
+
+
 @pytest.fixture(scope="session")
 def mnist_dir() -> Path:
     """The real MNIST folder: $TINYMNIST_DATA, else ../shared/data/mnist. Required on CI."""
@@ -43,6 +50,16 @@ def write_fake_mnist(folder: Path, n_train=32, n_test=16, compress=True) -> None
             (folder / f"{name}.gz").write_bytes(gzip.compress(raw))
         else:
             (folder / name).write_bytes(raw)
+
+
+def fake_data(n=96):
+    """A small in-memory MNIST of random digits: n training images, the first 48 of them as the test set."""
+    from tinymnist.data import MNIST
+
+    g = torch.Generator().manual_seed(0)
+    images = torch.randint(0, 256, (n, 28, 28), dtype=torch.uint8, generator=g)
+    labels = torch.randint(0, 10, (n,), generator=g)
+    return MNIST(images, labels, images[:48], labels[:48], "fake")
 
 
 def run_cli(*args: str, cwd: Path | None = None, env: dict | None = None) -> subprocess.CompletedProcess:

@@ -30,6 +30,32 @@ def test_summary_json_and_table():
     assert "**7,624**" in table
 
 
+def test_recipe_prints_the_final_models_whole_recipe_and_marks_what_differs():
+    out = run_cli("recipe", "final").stdout
+    assert out.startswith("Model_41: recipe ghost-clean-end")
+    assert "* ghost_batch      64" in out and "  epochs           15" in out and "* lr               0.07" in out
+    assert json.loads(run_cli("recipe", "reference", "--json").stdout)["schedule"] == "exp"
+    assert_clean_error(run_cli("recipe", "fastest"), "valid models: Model_1")
+
+
+def test_runtime_flags_are_validated_and_a_bad_recipe_override_is_one_line(mnist_dir):
+    assert_clean_error(run_cli("train", "Model_9", "--kernels", "turbo"), "invalid choice: 'turbo'")
+    assert_clean_error(run_cli("train", "Model_9", "--lr", "1e39", "--data-dir", str(mnist_dir), "--limit", "64"),
+                       "lr must be finite")
+
+
+def test_an_unexpected_exception_keeps_its_traceback(monkeypatch):
+    """Bugs are not disguised as bad input: only the project's own errors become one line."""
+    from tinymnist import cli
+
+    def broken(args):
+        raise KeyError("a bug")
+
+    monkeypatch.setattr(cli, "cmd_models", broken)
+    with pytest.raises(KeyError, match="a bug"):
+        cli.main(["models"])
+
+
 @pytest.fixture(scope="module")
 def smoke_run(tmp_path_factory, mnist_dir):
     out = tmp_path_factory.mktemp("runs")
@@ -46,6 +72,8 @@ def test_train_writes_a_record_and_checkpoint_per_seed(smoke_run):
         assert rec["model"] == "Model_6" and rec["params"] == 7624 and rec["seed"] == seed
         assert rec["recipe"]["epochs"] == 2 and rec["recipe"]["dropout"] == 0.05 and rec["limit"] == 512
         assert rec["torch"] == torch.__version__ and rec["device"] == "cpu"
+        assert rec["runtime"]["kernels"] == "fast+pool" and rec["runtime"]["dropout"] == "fast"  # the CPU's defaults
+        assert "kernels" not in rec["recipe"]  # speed is not part of the recipe
         assert [e["epoch"] for e in rec["epochs"]] == [1, 2]
         for e in rec["epochs"]:
             assert {"train_loss", "train_acc", "test_loss", "test_acc", "lr", "seconds"} <= set(e)
@@ -141,7 +169,7 @@ def test_bench_runs_both_pipelines_on_a_few_batches(mnist_dir):
     assert res["fast_img_s"] > 0 and res["baseline_img_s"] > 0
     assert res["ratio"] == pytest.approx(res["fast_img_s"] / res["baseline_img_s"], rel=0.01)
     assert res["train_flops_per_image"] == 6 * 1_068_480
-    assert res["settings"] == {"dropout_impl": "fast", "channels_last": True, "kernels": "fast"}  # project_settings
+    assert res["settings"] == {"dropout_impl": "fast", "channels_last": True, "kernels": "fast+pool"}  # CPU runtime
 
 
 def test_bench_epochs_times_the_final_model_end_to_end(mnist_dir):

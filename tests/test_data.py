@@ -6,9 +6,9 @@ import torch
 
 from conftest import idx_bytes, write_fake_mnist
 from tinymnist import data
-from tinymnist.data import DataError, load_mnist, parse_idx
 from tinymnist.augment import augment_batch
-from tinymnist.recipe import Augment
+from tinymnist.data import DataError, load_mnist, parse_idx
+from tinymnist.recipes import Augment
 
 NAMES = [name for name, _ in data.FILES.values()]
 
@@ -59,7 +59,7 @@ def test_damaged_files_are_named_in_a_clear_error(tmp_path, damage, message):
 
 def test_wrong_checksum_is_refused(tmp_path):
     write_fake_mnist(tmp_path)  # valid IDX files, but not the real MNIST content
-    with pytest.raises(DataError, match="train-images-idx3-ubyte.gz: checksum mismatch"):
+    with pytest.raises(DataError, match=r"train-images-idx3-ubyte\.gz: checksum mismatch"):
         load_mnist(tmp_path, allow_download=False)
 
 
@@ -81,7 +81,8 @@ def test_download_tries_mirrors_in_order_and_verifies(tmp_path):
     bad.mkdir()
     for name in NAMES:  # the first mirror serves corrupt copies of every file
         (bad / f"{name}.gz").write_bytes(b"\x1f\x8b garbage")
-    checksums = {name: hashlib.sha256(gzip.decompress((good / f"{name}.gz").read_bytes())).hexdigest() for name in NAMES}
+    checksums = {name: hashlib.sha256(gzip.decompress((good / f"{name}.gz").read_bytes())).hexdigest()
+                 for name in NAMES}
     dest = tmp_path / "dest"
     dest.mkdir()
     mnist = load_mnist(dest, mirrors=[bad.as_uri() + "/", good.as_uri() + "/"], checksums=checksums)

@@ -123,7 +123,8 @@ def test_shipped_weights_reproduce_their_record(role, mnist_dir):
     proc = run_cli("eval", role, "--json", "--data-dir", str(mnist_dir))  # a role works as a model name
     assert proc.returncode == 0, proc.stderr
     res = json.loads(proc.stdout)
-    assert res["accuracy"] == record["epochs"][-1]["test_acc"] and res["correct"] == record["epochs"][-1]["test_correct"]
+    last = record["epochs"][-1]
+    assert res["accuracy"] == last["test_acc"] and res["correct"] == last["test_correct"]
     assert res["total"] == 10_000 and record["seed"] == meta["seed"]
 
 

@@ -3,28 +3,34 @@
 import json
 import shutil
 from pathlib import Path
-from dataclasses import replace
 
 import pytest
 import torch
 
-from tinymnist.engine import Ensemble, fit, make_teacher, predict, set_seed, training_loss
-from tinymnist.model import REGISTRY, create_model, get_entry
-from tinymnist.recipe import Recipe
-from tinymnist.records import WEIGHTS_DIR, CheckpointError, shipped_name
+from conftest import fake_data
+from tinymnist.engine import Ensemble, fit, make_teacher, set_seed, training_loss
+from tinymnist.model import REGISTRY, ROLES, create_model, log_probs
+from tinymnist.recipes import Recipe, RecipeError
+from tinymnist.records import CheckpointError, load_teachers
 from tinymnist.report import ReportError, ship_weights
-from test_engine import fake_data
+from tinymnist.runtime import Runtime
 
 RESULTS = Path(__file__).resolve().parent.parent / "results"
 TAUGHT = Recipe(epochs=1, batch_size=32, teacher="Model_11", distill=0.9, temperature=2.0)
+CPU = torch.device("cpu")
 
 
-def test_the_teacher_is_frozen_and_its_weights_do_not_move():
-    before = torch.load(WEIGHTS_DIR / "Model_11.pt", weights_only=True)["state_dict"]
-    teacher = make_teacher(TAUGHT, torch.device("cpu"))
+def teacher_of(recipe: Recipe, images=None):
+    return make_teacher(load_teachers(recipe, CPU, RESULTS), recipe, Runtime(), images)
+
+
+def test_the_teacher_comes_from_its_records_checkpoints_frozen_and_unmoved():
+    before = torch.load(RESULTS / "Model_11" / "seed1.pt", weights_only=True)["state_dict"]
+    members = load_teachers(TAUGHT, CPU, RESULTS)
+    teacher = make_teacher(members, TAUGHT, Runtime())
     assert not teacher.training and not any(p.requires_grad for p in teacher.parameters())
     set_seed(0)
-    fit(create_model("Model_12"), fake_data(), TAUGHT)
+    fit(create_model("Model_12"), fake_data(), TAUGHT, teachers=members)
     after = teacher.state_dict()
     assert all(torch.equal(before[k], after[k]) for k in before)
 
@@ -33,8 +39,7 @@ def test_the_teacher_changes_the_training():
     runs = []
     for recipe in (TAUGHT, TAUGHT.with_overrides(teacher=None, distill=0.0)):
         set_seed(0)
-        model = create_model("Model_12")
-        fit(model, fake_data(), recipe)
+        model = fit(create_model("Model_12"), fake_data(), recipe, teachers=load_teachers(recipe, CPU, RESULTS)).model
         runs.append(model.conv1[0].weight.detach().clone())
     assert not torch.equal(*runs)
 
@@ -50,23 +55,24 @@ def test_distillation_loss_is_zero_when_student_agrees_with_teacher_and_only_it_
 @pytest.mark.parametrize(
     "overrides, fragment",
     [
-        (dict(teacher=None, distill=0.5), "needs a teacher"),
-        (dict(distill=0.0), "distill must be in (0, 1]"),
-        (dict(distill=1.5), "distill must be in (0, 1]"),
+        (dict(teacher=None, distill=0.5), "a teacher needs distill > 0"),
+        (dict(distill=0.0), "a teacher needs distill > 0"),
+        (dict(distill=1.5), "distill must be in [0, 1]"),
         (dict(temperature=0.0), "temperature must be positive"),
+        (dict(teacher_seeds=0), "teacher_seeds must be at least 1"),
         ({"teacher": None, "distill": 0.0, "teacher_cache": True}, "teacher_cache needs a teacher"),
     ],
 )
 def test_bad_distillation_settings_are_errors(overrides, fragment):
-    with pytest.raises(ValueError, match=fragment.replace("(", r"\(").replace("]", r"\]")):
-        make_teacher(TAUGHT.with_overrides(**overrides), torch.device("cpu"))
+    with pytest.raises(RecipeError, match=fragment.replace("[", r"\[").replace("]", r"\]")):
+        TAUGHT.with_overrides(**overrides)
 
 
 def test_a_cached_teacher_is_its_outputs_on_the_images_as_they_are():
     images = fake_data().train_images
-    cached = make_teacher(TAUGHT.with_overrides(teacher_cache=True), torch.device("cpu"), images)
+    cached = teacher_of(TAUGHT.with_overrides(teacher_cache=True), images)
     assert cached.shape == (len(images), 10)
-    torch.testing.assert_close(cached, predict(make_teacher(TAUGHT, torch.device("cpu")), images))
+    torch.testing.assert_close(cached, log_probs(teacher_of(TAUGHT), images))
 
 
 def test_without_augmentation_a_cached_teacher_teaches_as_the_live_one():
@@ -76,69 +82,52 @@ def test_without_augmentation_a_cached_teacher_teaches_as_the_live_one():
     for cache in (False, True):
         set_seed(0)
         recipe = TAUGHT.with_overrides(epochs=2, teacher_cache=cache)
-        histories.append([row["train_loss"] for row in fit(create_model("Model_12"), fake_data(), recipe)])
+        teachers = load_teachers(recipe, CPU, RESULTS)
+        histories.append([row["train_loss"] for row in fit(create_model("Model_12"), fake_data(), recipe,
+                                                            teachers=teachers).history])
     assert histories[0] == pytest.approx(histories[1], rel=1e-5)
 
 
-def test_a_teacher_without_shipped_weights_is_a_clear_error():
-    with pytest.raises(CheckpointError, match="no shipped weights for Model_9"):
-        make_teacher(TAUGHT.with_overrides(teacher="Model_9"), torch.device("cpu"))
+def test_a_teacher_without_checkpoints_in_its_records_is_a_clear_error(tmp_path):
+    with pytest.raises(CheckpointError, match=r"no checkpoint .*Model_9/seed1\.pt; train it first"):
+        load_teachers(TAUGHT.with_overrides(teacher="Model_9"), CPU, tmp_path)
 
 
-def test_every_teacher_in_the_registry_ships_its_weights():
+@pytest.mark.artifacts
+def test_every_teacher_in_the_registry_has_its_checkpoints_in_the_records():
     for entry in REGISTRY.values():
         if entry.recipe.teacher:
-            for seed in range(1, entry.recipe.teacher_seeds + 1):
-                path = WEIGHTS_DIR / f"{shipped_name(get_entry(entry.recipe.teacher).name, seed)}.pt"
-                assert path.is_file(), (entry.name, path)
+            assert len(load_teachers(entry.recipe, CPU, RESULTS)) == entry.recipe.teacher_seeds, entry.name
 
 
-def test_a_teacher_ensemble_averages_its_members_log_probabilities(tmp_path, monkeypatch):
-    for seed in (1, 2):  # two runs of the final model, as `report` would ship them
-        shutil.copyfile(RESULTS / "Model_11" / f"seed{seed}.pt", tmp_path / f"{shipped_name('Model_11', seed)}.pt")
-    monkeypatch.setattr("tinymnist.records.WEIGHTS_DIR", tmp_path)
-    ensemble = make_teacher(TAUGHT.with_overrides(teacher_seeds=2), torch.device("cpu"))
+def test_a_teacher_ensemble_averages_its_members_log_probabilities(tmp_path):
+    for seed in (1, 2):
+        (tmp_path / "Model_11").mkdir(exist_ok=True)
+        shutil.copyfile(RESULTS / "Model_11" / f"seed{seed}.pt", tmp_path / "Model_11" / f"seed{seed}.pt")
+    two = TAUGHT.with_overrides(teacher_seeds=2)
+    ensemble = make_teacher(load_teachers(two, CPU, tmp_path), two, Runtime())
     assert isinstance(ensemble, Ensemble) and len(ensemble.members) == 2
     assert not ensemble.training and not any(p.requires_grad for p in ensemble.parameters())
     x = torch.randn(4, 1, 28, 28)
     a, b = (m(x) for m in ensemble.members)
     assert not torch.equal(a, b)  # two different runs
     assert torch.allclose(ensemble(x), (a + b) / 2)
-    with pytest.raises(CheckpointError, match="no shipped weights for Model_11 seed 3"):
-        make_teacher(TAUGHT.with_overrides(teacher_seeds=3), torch.device("cpu"))
-    with pytest.raises(ValueError, match="teacher_seeds must be at least 1"):
-        make_teacher(TAUGHT.with_overrides(teacher_seeds=0), torch.device("cpu"))
+    with pytest.raises(CheckpointError, match=r"no checkpoint .*seed3\.pt"):
+        load_teachers(TAUGHT.with_overrides(teacher_seeds=3), CPU, tmp_path)
 
 
-def _fake_results(results: Path, runs: dict[str, int]) -> None:
-    for name, seeds in runs.items():
+def test_ship_weights_ships_the_role_models_only_and_says_which(tmp_path):
+    results = tmp_path / "results"
+    for name in [*ROLES.values(), "Model_11"]:
         (results / name).mkdir(parents=True)
-        for seed in range(1, seeds + 1):
-            shutil.copyfile(WEIGHTS_DIR / "Model_11.pt", results / name / f"seed{seed}.pt")  # any file: only copied
-            (results / name / f"seed{seed}.json").write_text(
-                f'{{"seed": {seed}, "epochs": [{{"test_acc": 99.0, "test_correct": 9900}}]}}'
-            )
-
-
-def test_ship_weights_keeps_a_teacher_that_holds_no_role(tmp_path, monkeypatch):
-    _fake_results(tmp_path / "results", {"Model_11": 1, "Model_13": 1})
-    entries = {name: replace(REGISTRY[name], role=None) for name in ("Model_11", "Model_13")}
-    monkeypatch.setattr("tinymnist.report.REGISTRY", entries)
-    shipped = ship_weights(tmp_path / "results", tmp_path / "weights")
-    assert [p.name for p in shipped] == ["Model_11.pt"]  # the teacher, though it holds no role; not its pupil
-
-
-def test_ship_weights_ships_every_seed_of_a_teacher_ensemble_and_says_which(tmp_path, monkeypatch):
-    _fake_results(tmp_path / "results", {"Model_11": 3, "Model_13": 1})
-    pupil = REGISTRY["Model_13"]
-    entries = {
-        "Model_11": replace(REGISTRY["Model_11"], role=None),
-        "Model_13": replace(pupil, recipe=pupil.recipe.with_overrides(teacher_seeds=3)),
-    }
-    monkeypatch.setattr("tinymnist.report.REGISTRY", entries)
-    shipped = ship_weights(tmp_path / "results", tmp_path / "weights")
-    assert [p.name for p in shipped] == ["Model_11.pt", "Model_11.seed2.pt", "Model_11.seed3.pt"]
-    assert json.loads((tmp_path / "weights" / "Model_11.seed3.json").read_text())["seed"] == 3
-    (tmp_path / "results" / "Model_11" / "seed3.pt").unlink()
-    with pytest.raises(ReportError, match="no seed-3 checkpoint and record of the teacher Model_11"):
-        ship_weights(tmp_path / "results", tmp_path / "weights")
+        shutil.copyfile(RESULTS / "Model_11" / "seed1.pt", results / name / "seed1.pt")  # any file: only copied
+        (results / name / "seed1.json").write_text('{"seed": 1, "epochs": [{"test_acc": 99.0, "test_correct": 9900}]}')
+    (tmp_path / "weights").mkdir()
+    (tmp_path / "weights" / "Model_11.pt").write_bytes(b"stale")
+    shipped = ship_weights(results, tmp_path / "weights")
+    assert sorted(p.stem for p in shipped) == sorted(ROLES.values())
+    assert not (tmp_path / "weights" / "Model_11.pt").exists()  # a teacher holds no role: nothing ships it
+    assert json.loads((tmp_path / "weights" / f"{ROLES['final']}.json").read_text())["role"] == "final"
+    (results / ROLES["tiny"] / "seed1.pt").unlink()
+    with pytest.raises(ReportError, match=f"no seed-1 checkpoint and record of the tiny model {ROLES['tiny']}"):
+        ship_weights(results, tmp_path / "weights")

@@ -1,13 +1,14 @@
-"""The fast CPU kernels (`kernels.py`, `Recipe.kernels="fast"` or `"fast+pool"`) compute what PyTorch's operations
-compute."""
+"""The fast CPU kernels (`fast/kernels.py`, the runtime's `kernels="fast"` or `"fast+pool"`) compute what PyTorch's
+operations compute."""
 
 import pytest
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from tinymnist.engine import configure, make_ema, make_optimizer, prepare, set_seed, train_one_epoch
-from tinymnist.kernels import (
+from conftest import fake_data
+from tinymnist.engine import make_ema, make_optimizer, prepare, set_seed, train_one_epoch
+from tinymnist.fast.kernels import (
     ReluBatchNorm2d,
     ReluBatchNormMaxPool2d,
     fuse_relu_batchnorm,
@@ -15,9 +16,9 @@ from tinymnist.kernels import (
     max_pool_2x2,
     outer_affine_grid,
 )
-from tinymnist.model import create_model, get_entry, model_names
-
-from test_engine import fake_data
+from tinymnist.model import create_model, get_entry
+from tinymnist.recipes import RecipeError
+from tinymnist.runtime import Runtime, apply
 
 
 def relu_batchnorm(x, weight, bias, fused: bool, pool: bool = False):
@@ -158,7 +159,9 @@ def test_outer_affine_grid_matches_affine_grid(size):
     torch.testing.assert_close(outer_affine_grid(theta, *size), want, rtol=0, atol=2e-6)
 
 
-FAST_MODELS = [n for n in model_names() if get_entry(n).recipe.kernels != "torch"]
+# one model of each network shape, with each of the fast kernel sets
+FAST_MODELS = [(name, kernels) for name in ("Model_3", "Model_7", "Model_9", "Model_14", "Model_23")
+               for kernels in ("fast", "fast+pool")]
 FUSED = (ReluBatchNorm2d, ReluBatchNormMaxPool2d)
 
 
@@ -168,49 +171,50 @@ def gradients(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tenso
     return torch.cat([p.grad.flatten() for p in model.parameters()]).double()
 
 
-@pytest.mark.parametrize("name", FAST_MODELS)
-def test_fast_kernels_give_pytorchs_gradients(name):
+@pytest.mark.parametrize("name, kernels", FAST_MODELS)
+def test_fast_kernels_give_pytorchs_gradients(name, kernels):
     """One training step's gradients with the fast kernels in float32, against PyTorch's own in float64.
 
     On these random images both the fast kernels and PyTorch's own in float32 are about 0.2-0.8 % away (by
     norm; max-pool and ReLU choices flip where float32 rounding differs); a wrong formula is much further."""
     data = fake_data(128)
-    x, y = prepare(data.train_images, channels_last=True), data.train_labels
+    x, y = prepare(data.train_images, None, Runtime(channels_last=True)), data.train_labels
     set_seed(0)
     initial = create_model(name).state_dict()
     grads = {}
-    for kernels, dtype in ((get_entry(name).recipe.kernels, torch.float32), ("torch", torch.float64)):
+    for used, dtype in ((kernels, torch.float32), ("torch", torch.float64)):
         model = create_model(name).to(dtype)
         model.load_state_dict(initial)
-        model = configure(model, get_entry(name).recipe.with_overrides(kernels=kernels))
+        model = apply(model, get_entry(name).recipe, Runtime(kernels=used, channels_last=True))
         pooled = any(isinstance(m, ReluBatchNormMaxPool2d) for m in model.modules())
-        assert any(isinstance(m, FUSED) for m in model.modules()) == (kernels != "torch")
-        assert pooled == (kernels == "fast+pool")
-        grads[kernels] = gradients(model, x.to(dtype), y)
-    fast = grads[get_entry(name).recipe.kernels]
+        assert any(isinstance(m, FUSED) for m in model.modules()) == (used != "torch")
+        assert not pooled or used == "fast+pool"
+        grads[used] = gradients(model, x.to(dtype), y)
+    fast = grads[kernels]
     error = torch.linalg.norm(fast - grads["torch"]) / torch.linalg.norm(grads["torch"])
     assert error < 2e-2
 
 
-@pytest.mark.parametrize("name", FAST_MODELS)
-def test_fast_kernels_train_as_pytorchs_do(name):
+@pytest.mark.parametrize("name, kernels", FAST_MODELS)
+def test_fast_kernels_train_as_pytorchs_do(name, kernels):
     """An epoch with augmentation, with the fast kernels and with PyTorch's own: the same mean loss, up to
     float32 rounding grown over four steps."""
     data = fake_data(256)
     losses = []
-    for kernels in (get_entry(name).recipe.kernels, "torch"):
-        recipe = get_entry(name).recipe.with_overrides(kernels=kernels, batch_size=64)
+    recipe = get_entry(name).recipe.with_overrides(batch_size=64)
+    for used in (kernels, "torch"):
+        runtime = Runtime(kernels=used, channels_last=True)
         set_seed(0)
-        model = configure(create_model(name), recipe)
+        model = apply(create_model(name), recipe, runtime)
         opt, ema = make_optimizer(model, recipe), make_ema(model, recipe)
-        losses.append(train_one_epoch(model, opt, data.train_images, data.train_labels, recipe, ema=ema).loss)
+        losses.append(train_one_epoch(model, opt, data.train_images, data.train_labels, recipe, ema=ema,
+                                      runtime=runtime).loss)
     assert losses[0] == pytest.approx(losses[1], rel=1e-3)
 
 
 def test_unknown_kernels_is_an_error():
-    recipe = get_entry("Model_23").recipe.with_overrides(kernels="turbo")
-    with pytest.raises(ValueError, match="unknown kernels 'turbo'; valid: torch, fast, fast\\+pool"):
-        configure(create_model("Model_23"), recipe)
+    with pytest.raises(RecipeError, match="unknown kernels 'turbo'; valid: torch, fast, fast\\+pool"):
+        Runtime(kernels="turbo")
 
 
 @pytest.mark.parametrize("fused", [ReluBatchNorm2d, ReluBatchNormMaxPool2d])

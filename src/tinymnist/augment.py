@@ -7,23 +7,29 @@ but the whole batch is warped by one `affine_grid` + `grid_sample` call instead 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
 
-from .kernels import outer_affine_grid
-from .recipe import Augment
+from .recipes import Augment
+
+# theta (B, 2, 3), height, width -> sampling grid (B, H, W, 2); the runtime may supply a faster one
+GridFn = Callable[[torch.Tensor, int, int], torch.Tensor]
+
+
+def affine_grid(theta: torch.Tensor, height: int, width: int) -> torch.Tensor:
+    return F.affine_grid(theta, [theta.shape[0], 1, height, width], align_corners=False)
 
 
 def _uniform(n: int, lo: float, hi: float, device, generator=None) -> torch.Tensor:
     return torch.rand(n, device=device, generator=generator) * (hi - lo) + lo
 
 
-def random_affine(x: torch.Tensor, aug: Augment, generator=None, outer_grid: bool = False) -> torch.Tensor:
+def random_affine(x: torch.Tensor, aug: Augment, generator=None, grid_fn: GridFn = affine_grid) -> torch.Tensor:
     """Rotates, x-shears, scales and shifts each image of `x` (B, 1, H, W) about its centre; fills with 0.
 
-    `outer_grid` builds the sampling grid with `kernels.outer_affine_grid`, cheaper on a CPU and equal to
-    `F.affine_grid`'s up to float rounding."""
+    `grid_fn` builds the sampling grid (`affine_grid`, or an equal one up to float rounding)."""
     b, dev = x.shape[0], x.device
     angle = _uniform(b, -aug.rotation, aug.rotation, dev, generator) * (math.pi / 180)
     shear = _uniform(b, -aug.shear, aug.shear, dev, generator) * (math.pi / 180)
@@ -35,10 +41,7 @@ def random_affine(x: torch.Tensor, aug: Augment, generator=None, outer_grid: boo
     a = torch.stack([cos, cos * tan - sin, sin, sin * tan + cos], dim=1).view(b, 2, 2) * scale.view(b, 1, 1)
     inv = torch.linalg.inv(a)
     theta = torch.cat([inv, -(inv @ shift.unsqueeze(2))], dim=2)  # (B, 2, 3)
-    if outer_grid:
-        grid = outer_affine_grid(theta, x.shape[2], x.shape[3])
-    else:
-        grid = F.affine_grid(theta, list(x.shape), align_corners=False)
+    grid = grid_fn(theta, x.shape[2], x.shape[3])
     return F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
 
 
@@ -52,6 +55,6 @@ def color_jitter(x: torch.Tensor, aug: Augment, generator=None) -> torch.Tensor:
     return ((x - mean) * contrast + mean).clamp_(0, 1)
 
 
-def augment_batch(x: torch.Tensor, aug: Augment, generator=None, outer_grid: bool = False) -> torch.Tensor:
+def augment_batch(x: torch.Tensor, aug: Augment, generator=None, grid_fn: GridFn = affine_grid) -> torch.Tensor:
     """The full augmentation of a (B, 1, H, W) batch in [0, 1]."""
-    return color_jitter(random_affine(x, aug, generator, outer_grid), aug, generator)
+    return color_jitter(random_affine(x, aug, generator, grid_fn), aug, generator)

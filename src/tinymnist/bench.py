@@ -20,10 +20,12 @@ from PIL import Image, ImageEnhance
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
-from .data import MEAN, STD, MNIST
-from .engine import configure, evaluate, fit, make_optimizer, make_teacher, train_one_epoch
-from .model import create_model, get_entry, replace_dropout
-from .recipe import KERNELS, Augment, Recipe
+from .data import MEAN, MNIST, STD
+from .engine import evaluate, fit, make_optimizer, make_teacher, train_one_epoch
+from .model import create_model, get_entry
+from .recipes import Augment, Recipe
+from .records import load_teachers
+from .runtime import KERNELS, Runtime, apply
 from .summary import summary_dict
 
 # --- the baseline: torchvision's transforms, done per sample with Pillow ------------------------------
@@ -113,98 +115,92 @@ def time_baseline(model_name: str, data: MNIST, batches: int, warmup: int = 5) -
     return seen / (time.perf_counter() - start)
 
 
-def time_fast(model_name: str, data: MNIST, recipe: Recipe, batches: int, device, warmup: int = 5,
+def time_fast(model_name: str, data: MNIST, recipe: Recipe, runtime: Runtime, batches: int, device, warmup: int = 5,
               tweak=None, autocast: bool = False) -> float:
     """Images per second of the project's pipeline on `batches` batches of `recipe.batch_size`.
 
     `tweak(model) -> model` and `autocast` (bfloat16) are for trying variants in `options`.
     """
-    model = configure(create_model(model_name, dropout=recipe.dropout).to(device), recipe)
+    model = apply(create_model(model_name, recipe).to(device), recipe, runtime)
     if tweak is not None:
         model = tweak(model)
     optimizer = make_optimizer(model, recipe)
     n = recipe.batch_size
     # a taught model's steps include its teacher's forward pass, or with `teacher_cache` a look-up
-    teacher = make_teacher(recipe, device, data.train_images[: max(warmup, batches) * n])
+    teachers = load_teachers(recipe, device)
+    teacher = make_teacher(teachers, recipe, runtime, data.train_images[: max(warmup, batches) * n])
     ctx = torch.autocast(device.type, dtype=torch.bfloat16, enabled=autocast)
     with ctx:
         train_one_epoch(model, optimizer, data.train_images[: warmup * n], data.train_labels[: warmup * n], recipe,
-                        teacher=teacher)
+                        teacher=teacher, runtime=runtime)
     images, labels = data.train_images[: batches * n], data.train_labels[: batches * n]
     if device.type == "cuda":
         torch.cuda.synchronize()
     start = time.perf_counter()
     with ctx:
-        train_one_epoch(model, optimizer, images, labels, recipe, teacher=teacher)  # ends with .item(): synchronised
+        train_one_epoch(model, optimizer, images, labels, recipe, teacher=teacher, runtime=runtime)  # ends synchronised
     return len(labels) / (time.perf_counter() - start)
 
 
-def project_settings(recipe: Recipe) -> dict:
-    """The project pipeline's speed settings for a network trained as `recipe` defines it: FastDropout,
-    channels-last activations and the fast CPU kernels (or the recipe's own, when it names faster ones).
-    They were measured faster together on Model_6 and Model_7, whose recipes use none of them: in
-    channels-last, PyTorch's BatchNorm is slow for 8 or 24 channels, which the fast kernels replace (see the
-    README's Performance section and `bench --options`)."""
-    kernels = "fast" if recipe.kernels == "torch" else recipe.kernels
-    return {"dropout_impl": "fast", "channels_last": True, "kernels": kernels}
+def _replace_dropout(model: nn.Module, make) -> nn.Module:
+    """Every nn.Dropout in `model` becomes `make(p)` with the same p (no parameters change)."""
+    for name, child in model.named_children():
+        if type(child) is nn.Dropout:
+            setattr(model, name, make(child.p))
+        else:
+            _replace_dropout(child, make)
+    return model
 
 
-def option_variants(base: Recipe) -> tuple[str, dict, list[tuple[str, dict, object, bool]]]:
-    """The speed options worth timing for a recipe: (label of the starting point, its overrides, variants).
-
-    The recipe as it is comes first; the other variants start from the project's settings (`project_settings`)
-    and change one thing each. Each variant is (label, recipe overrides, tweak(model) -> model or None,
-    bfloat16 autocast). The dropout variants appear only for a model with dropout.
-    """
-    dropout = base.dropout > 0
-    fast = project_settings(base)
-    names = {"dropout_impl": "FastDropout", "channels_last": "channels_last", "kernels": f'kernels="{fast["kernels"]}"'}
-    changed = [names[k] for k, v in fast.items() if getattr(base, k) != v and (k != "dropout_impl" or dropout)]
-    start_label = "project settings" if changed else "as the recipe"
-    impl = {"torch": "nn.Dropout", "fast": "FastDropout"}[base.dropout_impl] if dropout else "no dropout"
-    layout = "channels_last" if base.channels_last else "NCHW"
-    variants = [(f'as the recipe: batch {base.batch_size}, {impl}, {layout}, kernels="{base.kernels}"', {}, None, False)]
-    if changed:
-        variants.append((f"{start_label}: {' + '.join(changed)}", fast, None, False))
+def option_variants(recipe: Recipe, runtime: Runtime) -> list[tuple[str, dict, dict, object, bool]]:
+    """The speed options worth timing for a recipe on a runtime: (label, recipe overrides, runtime overrides,
+    tweak(model) -> model or None, bfloat16 autocast), each changing one thing from `runtime`. The dropout
+    variants appear only for a model with dropout."""
+    dropout = recipe.dropout > 0
+    impl = {"torch": "nn.Dropout", "fast": "FastDropout"}[runtime.dropout] if dropout else "no dropout"
+    layout = "channels_last" if runtime.channels_last else "NCHW"
+    start = f'batch {recipe.batch_size}, {impl}, {layout}, kernels="{runtime.kernels}"'
+    variants = [(start, {}, {}, None, False)]
     if dropout:
+        other = "fast" if runtime.dropout == "torch" else "torch"
         variants += [
-            (f"{start_label}, nn.Dropout instead of FastDropout", {**fast, "dropout_impl": "torch"}, None, False),
-            (f"{start_label}, nn.Dropout2d (whole channels: another regulariser)", fast,
-             lambda m: replace_dropout(m, nn.Dropout2d), False),
-            (f"{start_label}, no dropout", {**fast, "dropout": 0.0}, None, False),
+            (f"dropout sampler {other!r} instead of {runtime.dropout!r}", {}, {"dropout": other}, None, False),
+            ("nn.Dropout2d (whole channels: another regulariser)", {}, {"dropout": "torch"},
+             lambda m: _replace_dropout(m, nn.Dropout2d), False),
+            ("no dropout", {"dropout": 0.0}, {}, None, False),
         ]
-    variants.append((f"{start_label}, NCHW instead of channels_last", {**fast, "channels_last": False}, None, False))
-    variants += [(f'{start_label}, kernels="{k}" instead of "{fast["kernels"]}"' + (" (PyTorch's own)" if k == "torch" else ""),
-                  {**fast, "kernels": k}, None, False) for k in KERNELS if k != fast["kernels"]]
-    variants.append((f"{start_label} + bfloat16 autocast", fast, None, True))
-    variants += [(f"{start_label}, batch {b}", {**fast, "batch_size": b}, None, False) for b in (128, 256) if b != base.batch_size]
+    variants.append((f"{'NCHW' if runtime.channels_last else 'channels_last'} instead of {layout}", {},
+                     {"channels_last": not runtime.channels_last}, None, False))
+    variants += [(f'kernels="{k}" instead of "{runtime.kernels}"' + (" (PyTorch's own)" if k == "torch" else ""), {},
+                  {"kernels": k}, None, False) for k in KERNELS if k != runtime.kernels]
+    variants.append(("bfloat16 autocast", {}, {}, None, True))
+    variants += [(f"batch {b}", {"batch_size": b}, {}, None, False) for b in (128, 256) if b != recipe.batch_size]
     if dropout:
-        variants.append((f"{start_label}, no dropout, batch 256", {**fast, "dropout": 0.0, "batch_size": 256}, None, False))
-    return start_label, fast, variants
+        variants.append(("no dropout, batch 256", {"dropout": 0.0, "batch_size": 256}, {}, None, False))
+    return variants
 
 
-def options(model_name: str, data: MNIST, device, images: int = 12800, repeat: int = 3) -> list[dict]:
+def options(model_name: str, data: MNIST, device, runtime: Runtime, images: int = 12800, repeat: int = 3) -> list[dict]:
     """The project pipeline's images/s under each speed option (`option_variants`), on `model_name` as its
     recipe defines it, then on 1 thread and compiled: the median of `repeat` rounds, each timing every variant
     once on the same number of images. torch.compile's first round, compiling included, is reported apart."""
     base = get_entry(model_name).recipe
-    start_label, fast, variants = option_variants(base)
     threads = torch.get_num_threads()
-    runs = [(label, base.with_overrides(**overrides), tweak, autocast, threads)
-            for label, overrides, tweak, autocast in variants]
+    runs = [(label, base.with_overrides(**r), runtime.with_overrides(**rt), tweak, autocast, threads)
+            for label, r, rt, tweak, autocast in option_variants(base, runtime)]
     if threads > 1:
-        runs.append((f"{start_label}, 1 thread instead of {threads}", base.with_overrides(**fast), None, False, 1))
-    compiled = f"{start_label} + torch.compile (compile time excluded)"
-    runs.append((compiled, base.with_overrides(**fast), torch.compile, False, threads))
+        runs.append((f"1 thread instead of {threads}", base, runtime, None, False, 1))
+    compiled = "torch.compile (compile time excluded)"
+    runs.append((compiled, base, runtime, torch.compile, False, threads))
     timings: dict[str, list[float]] = {label: [] for label, *_ in runs}
     first_compile_s = None
     for _ in range(repeat):
-        for label, recipe, tweak, autocast, n_threads in runs:
+        for label, recipe, rt, tweak, autocast, n_threads in runs:
             torch.set_num_threads(n_threads)
             start = time.perf_counter()
             try:
-                img_s = time_fast(model_name, data, recipe, max(images // recipe.batch_size, 10), device, tweak=tweak,
-                                  autocast=autocast)
+                img_s = time_fast(model_name, data, recipe, rt, max(images // recipe.batch_size, 10), device,
+                                  tweak=tweak, autocast=autocast)
             finally:
                 torch.set_num_threads(threads)
             if label == compiled and first_compile_s is None:
@@ -225,13 +221,14 @@ def train_flops(model_name: str) -> int:
     return 6 * summary_dict(model_name, create_model(model_name))["macs"]
 
 
-def compare(model_name: str, data: MNIST, device, batches: int = 100, repeat: int = 3, **overrides) -> dict:
-    """Median images/s of each pipeline over `repeat` alternating repetitions on the same network."""
-    recipe = get_entry(model_name).recipe
-    fast_recipe = recipe.with_overrides(**{**project_settings(recipe), **overrides})
+def compare(model_name: str, data: MNIST, device, runtime: Runtime, batches: int = 100, repeat: int = 3,
+            **overrides) -> dict:
+    """Median images/s of each pipeline over `repeat` alternating repetitions on the same network: the
+    project's with `runtime` and the recipe changed by `overrides`, the baseline's as the recipe says."""
+    fast_recipe = get_entry(model_name).recipe.with_overrides(**overrides)
     fast, base = [], []
     for _ in range(repeat):
-        fast.append(time_fast(model_name, data, fast_recipe, batches, device))
+        fast.append(time_fast(model_name, data, fast_recipe, runtime, batches, device))
         base.append(time_baseline(model_name, data, max(batches * fast_recipe.batch_size // 64, 20)))
     flops = train_flops(model_name)
     f, b = statistics.median(fast), statistics.median(base)
@@ -240,8 +237,8 @@ def compare(model_name: str, data: MNIST, device, batches: int = 100, repeat: in
         "device": str(device),
         "threads": torch.get_num_threads(),
         "batch_size": fast_recipe.batch_size,
-        "settings": {"dropout_impl": fast_recipe.dropout_impl, "channels_last": fast_recipe.channels_last,
-                     "kernels": fast_recipe.kernels},
+        "settings": {"dropout_impl": runtime.dropout, "channels_last": runtime.channels_last,
+                     "kernels": runtime.kernels},
         "fast_img_s": round(f, 1),
         "baseline_img_s": round(b, 1),
         "ratio": round(f / b, 2),
@@ -253,8 +250,8 @@ def compare(model_name: str, data: MNIST, device, batches: int = 100, repeat: in
     }
 
 
-def end_to_end(model_name: str, reference: str, data: MNIST, device, epochs: int, baseline_batches: int = 150,
-               repeat: int = 1) -> dict:
+def end_to_end(model_name: str, reference: str, data: MNIST, device, runtime: Runtime, epochs: int,
+               baseline_batches: int = 150, repeat: int = 1) -> dict:
     """Wall time of `epochs` epochs of `model_name` with its own recipe and per-epoch evaluation, against the
     reference model with the baseline pipeline, timed on `baseline_batches` batches and scaled to full epochs.
 
@@ -267,7 +264,7 @@ def end_to_end(model_name: str, reference: str, data: MNIST, device, epochs: int
         torch.manual_seed(0)
         model = create_model(model_name).to(device)
         start = time.perf_counter()
-        history = fit(model, data, recipe)
+        history = fit(model, data, recipe, runtime, load_teachers(recipe, device)).history
         fast.append(time.perf_counter() - start)
 
         base_img_s.append(time_baseline(reference, data, baseline_batches))
@@ -292,7 +289,7 @@ def end_to_end(model_name: str, reference: str, data: MNIST, device, epochs: int
         "fast_runs": [round(v, 1) for v in fast],
         "baseline_runs": [round(v, 1) for v in base],
         # a taught model's time includes its teacher's outputs, not the teacher's own training
-        "teacher": recipe.teacher and f"{recipe.teacher_seeds} shipped {get_entry(recipe.teacher).name} run(s)",
+        "teacher": recipe.teacher and f"{recipe.teacher_seeds} {get_entry(recipe.teacher).name} run(s)",
     }
 
 
@@ -303,10 +300,8 @@ def machine() -> dict:
 
     cpu = platform.processor() or platform.machine()
     try:
-        for line in open("/proc/cpuinfo"):
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
+        with open("/proc/cpuinfo") as f:
+            cpu = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), cpu)
     except OSError:
         pass
     return {"cpu": cpu, "cores": os.cpu_count(), "torch_threads": torch.get_num_threads(), "system": platform.system()}

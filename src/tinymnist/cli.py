@@ -14,27 +14,27 @@ from pathlib import Path
 import torch
 
 from . import report
-from .data import DataError, load_mnist
-from .export import ExportError
-from .predict import ImageError
-from .recipe import KERNELS
+from .data import load_mnist
 from .engine import Diverged, evaluate, fit, pick_device, set_seed
-from .model import REGISTRY, UnknownModelError, count_params, create_model, get_entry, resolve_name
+from .errors import TinyMnistError
+from .model import REGISTRY, count_params, create_model, get_entry, resolve_name
+from .recipes import RECIPES, format_recipe, get_recipe
 from .records import (
     RESULTS_DIR,
-    CheckpointError,
     git_commit,
     load_checkpoint,
     load_state,
+    load_teachers,
     record_path,
     save_checkpoint,
     save_state,
     write_json,
 )
+from .runtime import DROPOUTS, KERNELS, default_runtime
 from .summary import format_summary, summary_dict
 
 
-class UsageError(Exception):
+class UsageError(TinyMnistError):
     pass
 
 
@@ -113,6 +113,25 @@ def cmd_summary(args) -> None:
     print(json.dumps(info, indent=1) if args.json else format_summary(info))
 
 
+def cmd_recipe(args) -> None:
+    """A named recipe, or a model's (by name or role), resolved, with the fields that differ from the defaults."""
+    if args.name in RECIPES:
+        recipe, title = get_recipe(args.name), f"recipe {args.name}"
+    else:
+        entry = get_entry(args.name)
+        recipe, title = entry.recipe, f"{entry.name}: recipe {entry.recipe_name}"
+    print(json.dumps(recipe.to_dict(), indent=1) if args.json else format_recipe(recipe, title))
+
+
+def _runtime(args, device):
+    """The device's default runtime, with the command line's overrides."""
+    return default_runtime(device).with_overrides(
+        dropout=getattr(args, "dropout_impl", None), kernels=getattr(args, "kernels", None),
+        channels_last=getattr(args, "channels_last", None), eval_batch_size=getattr(args, "eval_batch_size", None),
+        threads=getattr(args, "threads", None),
+    )
+
+
 def _progress_hooks(epochs: int, seed: int):
     """A tqdm bar per epoch (on stderr) and one plain line per epoch (on stdout)."""
     from tqdm import tqdm
@@ -149,10 +168,14 @@ def cmd_train(args) -> None:
     overrides = {k: v for k, v in (("epochs", args.epochs), ("lr", args.lr), ("batch_size", args.batch_size)) if v}
     recipe = entry.recipe.with_overrides(**overrides)
     device = pick_device(args.device)
+    runtime = _runtime(args, device)
+    if runtime.threads:
+        torch.set_num_threads(runtime.threads)
     # smoke runs and validation runs never overwrite the records of full runs
     out = Path(args.out) if args.out else Path("results-smoke") if args.limit else RESULTS_DIR / "val" if args.val \
         else RESULTS_DIR
     data = load_mnist(args.data_dir).limit(args.limit).hold_out(args.val).to(device)
+    teachers = load_teachers(recipe, device, Path(args.teachers))
     _check_writable(out)
     verdicts = []
     for seed in args.seeds or [args.seed]:
@@ -171,7 +194,7 @@ def cmd_train(args) -> None:
         model = create_model(args.model).to(device)
         params = count_params(model)
         print(f"{args.model}: {params:,} params, seed {seed}, device {device}, {len(data.train_labels):,} train / "
-              f"{len(data.test_labels):,} test images, {recipe.epochs} epochs", flush=True)
+              f"{len(data.test_labels):,} test images, {recipe.epochs} epochs, recipe {entry.recipe_name}", flush=True)
         on_batch, print_epoch = _progress_hooks(recipe.epochs, seed)
 
         def on_epoch(row, state, print_epoch=print_epoch, state_path=state_path):
@@ -179,16 +202,18 @@ def cmd_train(args) -> None:
             save_state(state_path, args.model, recipe, state)  # the last completed epoch survives a kill
 
         try:
-            history = fit(model, data, recipe, on_batch=None if args.quiet else on_batch, on_epoch=on_epoch,
-                          resume=resume)
+            result = fit(model, data, recipe, runtime, teachers, on_batch=None if args.quiet else on_batch,
+                         on_epoch=on_epoch, resume=resume)
         except Diverged as e:
             kept = f"; the state after the last good epoch is kept in {state_path}" if state_path.exists() else ""
             raise UsageError(f"{args.model} seed {seed}: {e}; stopped{kept}") from None
+        history = result.history
         rec = {
             "model": args.model,
             "params": params,
             "seed": seed,
             "recipe": recipe.to_dict(),
+            "runtime": {**runtime.to_dict(), "threads": torch.get_num_threads()},
             "epochs": history,
             "limit": args.limit,
             "val": args.val,
@@ -197,7 +222,7 @@ def cmd_train(args) -> None:
             "threads": torch.get_num_threads(),
             "git_commit": git_commit(),
         }
-        save_checkpoint(path.with_suffix(".pt"), args.model, model, recipe, seed=seed)
+        save_checkpoint(path.with_suffix(".pt"), args.model, result.model, recipe, seed=seed)
         write_json(path, rec)
         state_path.unlink(missing_ok=True)  # the record and checkpoint now hold everything
         verdict = report.verdict(history, hold=entry.hold)
@@ -217,12 +242,12 @@ def _check_writable(out: Path) -> None:
         probe.write_bytes(b"")
         probe.unlink()
     except OSError as e:
-        raise DataError(f"output folder {out} is not writable ({e.strerror})") from None
+        raise UsageError(f"output folder {out} is not writable ({e.strerror})") from None
 
 
 def cmd_eval(args) -> None:
     device = pick_device(args.device)
-    name, model, ckpt = load_checkpoint(args.checkpoint, device)
+    name, model, _ = load_checkpoint(args.checkpoint, device)
     data = load_mnist(args.data_dir).limit(args.limit).to(device)
     stats = evaluate(model, data.test_images, data.test_labels)
     result = {
@@ -273,11 +298,12 @@ def cmd_bench(args) -> None:
 
     model = resolve_name(args.model or ("final" if args.epochs else "Model_6"))
     device = pick_device(args.device)
+    runtime = _runtime(args, device)
     data = load_mnist(args.data_dir).limit(args.limit).to(device)
     if args.save:
         _check_writable(Path(args.save).parent)
     if args.options:
-        rows = bench.options(model, data, device, repeat=args.repeat or 3)
+        rows = bench.options(model, data, device, runtime, repeat=args.repeat or 3)
         res = {"model": model, "device": str(device), "options": rows}
         _save_bench(args, res)
         if args.json:
@@ -286,7 +312,7 @@ def cmd_bench(args) -> None:
             print(f"{r['img_s']:8.0f} images/s  {r['variant']}")
         return
     if args.epochs:
-        res = bench.end_to_end(model, args.reference, data, device, args.epochs, repeat=args.repeat or 1)
+        res = bench.end_to_end(model, args.reference, data, device, runtime, args.epochs, repeat=args.repeat or 1)
         _save_bench(args, res)
         if args.json:
             print(json.dumps(res, indent=1))
@@ -303,10 +329,9 @@ def cmd_bench(args) -> None:
         if res["teacher"]:
             print(f"{res['model']} learns from {res['teacher']}: their training is not included")
         return
-    overrides = {k: v for k, v in (("batch_size", args.batch_size), ("dropout_impl", args.dropout_impl),
-                                   ("channels_last", args.channels_last), ("kernels", args.kernels)) if v is not None}
+    overrides = {"batch_size": args.batch_size} if args.batch_size else {}
     repeat = args.repeat or 3
-    res = bench.compare(model, data, device, args.batches, repeat, **overrides)
+    res = bench.compare(model, data, device, runtime, args.batches, repeat, **overrides)
     _save_bench(args, res)
     if args.json:
         print(json.dumps(res, indent=1))
@@ -362,6 +387,11 @@ def build_parser() -> Parser:
     s.add_argument("--json", action="store_true")
     s.set_defaults(func=cmd_summary)
 
+    s = sub.add_parser("recipe", help="a model's (or a named) recipe, resolved; * marks what differs from the defaults")
+    s.add_argument("name", help=f"a model, a role or a named recipe ({', '.join(RECIPES)})")
+    s.add_argument("--json", action="store_true")
+    s.set_defaults(func=cmd_recipe)
+
     s = sub.add_parser("train", help="train a model with its recipe; writes a record and a checkpoint per seed")
     s.add_argument("model")
     s.add_argument("--epochs", type=positive_int, help="override the recipe's number of epochs")
@@ -376,7 +406,12 @@ def build_parser() -> Parser:
     _data_args(s)
     s.add_argument("--out", help="folder for records and checkpoints (default results/; results-smoke/ with --limit, "
                                  "results/val/ with --val)")
+    s.add_argument("--teachers", default=str(RESULTS_DIR),
+                   help="records folder holding a taught recipe's teacher checkpoints (default results/)")
     s.add_argument("--quiet", action="store_true", help="no per-batch progress bar")
+    _runtime_args(s)
+    s.add_argument("--eval-batch-size", type=positive_int, help="runtime: images per evaluation batch (default 1000)")
+    s.add_argument("--threads", type=positive_int, help="runtime: torch threads (default: torch's own)")
     s.set_defaults(func=cmd_train)
 
     s = sub.add_parser("eval", help="test accuracy of a saved checkpoint")
@@ -405,10 +440,7 @@ def build_parser() -> Parser:
     s.add_argument("--repeat", type=positive_int,
                    help="repetitions, the median is reported (default 3; with --epochs 1, as each is a whole run)")
     s.add_argument("--batch-size", type=positive_int, help="the project pipeline's batch size (default: the recipe's)")
-    s.add_argument("--dropout-impl", choices=["torch", "fast"], help="override the dropout implementation")
-    s.add_argument("--kernels", choices=KERNELS, help="override the ReLU + BatchNorm and augmentation-grid kernels")
-    s.add_argument("--channels-last", type=lambda v: {"yes": True, "no": False}[v], choices=[True, False],
-                   metavar="yes|no", help="override the memory layout")
+    _runtime_args(s)
     s.add_argument("--epochs", type=positive_int,
                    help="instead, time N whole epochs of MODEL (default: the final model) with its own recipe "
                         "against the baseline")
@@ -432,6 +464,14 @@ def build_parser() -> Parser:
     return p
 
 
+def _runtime_args(s: argparse.ArgumentParser) -> None:
+    """Overrides of the device's default runtime (`runtime.default_runtime`): speed only, never results."""
+    s.add_argument("--dropout-impl", choices=DROPOUTS, help="runtime: the dropout sampler")
+    s.add_argument("--kernels", choices=KERNELS, help="runtime: the ReLU + BatchNorm (+ max-pool) and grid kernels")
+    s.add_argument("--channels-last", type=lambda v: {"yes": True, "no": False}[v], choices=[True, False],
+                   metavar="yes|no", help="runtime: the activations' memory layout")
+
+
 def _data_args(s: argparse.ArgumentParser) -> None:
     s.add_argument("--data-dir", help="folder with the MNIST IDX files (default $TINYMNIST_DATA, then ./data/mnist)")
     s.add_argument("--device", default="auto", help="auto (CUDA, then MPS, then CPU), cpu, cuda or mps")
@@ -442,8 +482,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         args = build_parser().parse_args(argv)
         args.func(args)
-    except (UsageError, DataError, CheckpointError, UnknownModelError, report.ReportError, ImageError, ExportError,
-            ValueError) as e:
+    except TinyMnistError as e:  # bad input; anything else is a bug and keeps its traceback
         print(f"tinymnist: error: {e}" if not str(e).startswith("tinymnist") else f"{e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import torch
 
+from .errors import TinyMnistError
 from .files import atomic_write_bytes
 
 MEAN, STD = 0.1307, 0.3081  # pixel mean and std of the training set, scaled to [0, 1]
@@ -40,7 +41,7 @@ DEFAULT_DIR = Path("data/mnist")
 ENV_VAR = "TINYMNIST_DATA"
 
 
-class DataError(Exception):
+class DataError(TinyMnistError):
     """Missing, corrupt or unobtainable data; the message is meant for the user as it is."""
 
 
@@ -72,6 +73,22 @@ class MNIST:
             raise DataError(f"--val {n} leaves no training images (the training set has {len(self.train_labels)})")
         return replace(self, train_images=self.train_images[:-n], train_labels=self.train_labels[:-n],
                        val_images=self.train_images[-n:], val_labels=self.train_labels[-n:])
+
+
+def to_unit(images: torch.Tensor) -> torch.Tensor:
+    """uint8 (B, 28, 28) -> float (B, 1, 28, 28) in [0, 1], where augmentation works."""
+    return images.unsqueeze(1).float().div_(255)
+
+
+def standardise(x: torch.Tensor) -> torch.Tensor:
+    """[0, 1] pixels -> zero mean and unit variance over the training set, what the networks take."""
+    return (x - MEAN) / STD
+
+
+def preprocess(images: torch.Tensor) -> torch.Tensor:
+    """uint8 (B, 28, 28) in MNIST's format -> the networks' input (B, 1, 28, 28); `to_mnist` in predict.py
+    brings an outside image to that format."""
+    return standardise(to_unit(images))
 
 
 def parse_idx(raw: bytes, label: str, sha256: str | None = None) -> torch.Tensor:

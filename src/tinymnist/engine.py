@@ -2,6 +2,8 @@
 
 They take tensors already on the device and return numbers; printing and writing files is the caller's
 business (the CLI layers a progress bar and records on top through the `on_batch` / `on_epoch` hooks).
+`fit` trains the model it is given, prepared for speed by `runtime.apply`, and returns the model it trained
+beside the history: the caller's own object is left as it was.
 """
 
 from __future__ import annotations
@@ -10,22 +12,21 @@ import copy
 import math
 import random
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.optim.swa_utils import AveragedModel
 
 from .augment import augment_batch
-from .data import MEAN, STD, MNIST
-from .flat import flat_pairs, flat_parameters, flatten_
-from .ghost import use_ghost_batches
-from .kernels import fuse_relu_batchnorm, fuse_relu_batchnorm_maxpool
-from .model import use_fast_dropout
-from .recipe import KERNELS, Recipe, lr_at
-from .records import CheckpointError, load_checkpoint
+from .data import MNIST, standardise, to_unit
+from .errors import TinyMnistError
+from .model import log_probs
+from .recipes import Recipe, lr_at
+from .runtime import Runtime, apply, optimizer_parameters, weight_average
+
+PLAIN = Runtime()  # PyTorch's own operations: the default where a runtime is not given
 
 
 def set_seed(seed: int) -> None:
@@ -34,110 +35,52 @@ def set_seed(seed: int) -> None:
     torch.manual_seed(seed)
 
 
+class DeviceError(TinyMnistError):
+    pass
+
+
 def pick_device(name: str = "auto") -> torch.device:
     """"auto" picks CUDA, then MPS, then CPU; an explicit device that is not there is an error."""
     cuda = torch.cuda.is_available()
     mps = getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available()
     if name == "auto":
         return torch.device("cuda" if cuda else "mps" if mps else "cpu")
-    if name == "cuda" and not cuda or name == "mps" and not mps:
-        raise ValueError(f"device {name!r} is not available on this machine")
+    if (name == "cuda" and not cuda) or (name == "mps" and not mps):
+        raise DeviceError(f"device {name!r} is not available on this machine")
     if name not in ("cpu", "cuda", "mps"):
-        raise ValueError(f"unknown device {name!r}; valid: auto, cpu, cuda, mps")
+        raise DeviceError(f"unknown device {name!r}; valid: auto, cpu, cuda, mps")
     return torch.device(name)
 
 
-def prepare(images: torch.Tensor, augment=None, channels_last: bool = False, outer_grid: bool = False) -> torch.Tensor:
-    """uint8 (B, 28, 28) -> normalised float (B, 1, 28, 28), augmented on the way when asked (`outer_grid`:
-    see `augment.random_affine`)."""
-    x = images.unsqueeze(1).float().div_(255)
-    if augment is not None:
-        x = augment_batch(x, augment, outer_grid=outer_grid)
-    x = (x - MEAN) / STD
-    return x.contiguous(memory_format=torch.channels_last) if channels_last else x
-
-
-def configure(model: nn.Module, recipe: Recipe) -> nn.Module:
-    """Applies the recipe's speed settings to a freshly built model (none changes its parameters' values),
-    and its ghost batches (`Recipe.ghost_batch`); its parameters and buffers end up in flat tensors
-    (`flat.flatten_`), so the optimizer and the weight average update each group in one operation."""
-    on_cpu = next(model.parameters()).device.type == "cpu"
-    if recipe.dropout_impl == "fast" and on_cpu:
-        use_fast_dropout(model)
-    elif recipe.dropout_impl not in ("torch", "fast"):
-        raise ValueError(f"unknown dropout_impl {recipe.dropout_impl!r}; valid: torch, fast")
-    if recipe.kernels not in KERNELS:
-        raise ValueError(f"unknown kernels {recipe.kernels!r}; valid: {', '.join(KERNELS)}")
-    if recipe.kernels == "fast+pool" and on_cpu:
-        fuse_relu_batchnorm_maxpool(model)
-    if recipe.kernels != "torch" and on_cpu:
-        fuse_relu_batchnorm(model)  # the pairs left
-    if recipe.ghost_batch:  # not a speed setting: it changes what the BatchNorm layers compute in training
-        use_ghost_batches(model, recipe.ghost_batch)
-    if recipe.channels_last:
-        model.to(memory_format=torch.channels_last)
-    return flatten_(model)
+def prepare(images: torch.Tensor, recipe_augment, runtime: Runtime) -> torch.Tensor:
+    """uint8 (B, 28, 28) -> the network's input (B, 1, 28, 28), augmented on the way when the recipe says so."""
+    x = to_unit(images)
+    if recipe_augment is not None:
+        x = augment_batch(x, recipe_augment, grid_fn=runtime.grid_fn)
+    x = standardise(x)
+    return x.contiguous(memory_format=torch.channels_last) if runtime.channels_last else x
 
 
 def make_optimizer(model: nn.Module, recipe: Recipe) -> torch.optim.Optimizer:
-    """The recipe's optimizer over the model's parameters: over their one flat tensor when the model is
-    flattened (`configure`), in which case zero the gradients with `zero_grad(set_to_none=False)`."""
-    params = flat_parameters(model)
+    """The recipe's optimizer over the model's parameters: over their one flat tensor when the model was
+    prepared by `runtime.apply`, in which case zero the gradients with `zero_grad(set_to_none=False)`."""
+    params = optimizer_parameters(model)
     if recipe.optimizer == "sgd":
         return torch.optim.SGD(
             params, lr=recipe.lr, momentum=recipe.momentum, weight_decay=recipe.weight_decay,
             nesterov=recipe.nesterov,
         )
-    if recipe.optimizer == "adam":
-        return torch.optim.Adam(params, lr=recipe.lr, weight_decay=recipe.weight_decay)
-    raise ValueError(f"unknown optimizer {recipe.optimizer!r}; valid: sgd, adam")
+    return torch.optim.Adam(params, lr=recipe.lr, weight_decay=recipe.weight_decay)
 
 
-class ExponentialAverage(AveragedModel):
-    """`AveragedModel` with an exponential moving average of the weights and BatchNorm statistics, updated
-    with one operation per flat group (see `flat.py`) rather than per tensor, by the same arithmetic as
-    `get_ema_multi_avg_fn`; its state dict is AveragedModel's."""
-
-    def __init__(self, model: nn.Module, decay: float):
-        super().__init__(model, use_buffers=True)  # the averaging itself is update_parameters below
-        flatten_(self.module)
-        self.decay = decay
-        self._pairs: list[tuple[torch.Tensor, torch.Tensor]] = []
-        self._source = 0  # id() of the model the pairs were made for; 0: make them (again) at the next update
-        self._first = True  # no update yet: the next one copies (read from n_averaged when the pairs are made)
-
-    def load_state_dict(self, *args, **kwargs):
-        self._source = 0
-        return super().load_state_dict(*args, **kwargs)
-
-    @torch.no_grad()
-    def update_parameters(self, model: nn.Module) -> None:
-        if self._source != id(model):  # n_averaged is read here only, not at every step (a device sync)
-            self._pairs, self._source = flat_pairs(self.module, model), id(model)
-            self._first = bool(self.n_averaged == 0)
-        for mine, theirs in self._pairs:
-            if self._first:
-                mine.copy_(theirs)
-            elif mine.is_floating_point():
-                mine.lerp_(theirs, 1 - self.decay)
-            else:  # BatchNorm's step counters, as get_ema_multi_avg_fn averages them
-                mine.copy_(mine * self.decay + theirs * (1 - self.decay))
-        self.n_averaged += 1
-        self._first = False
-
-
-def make_ema(model: nn.Module, recipe: Recipe) -> AveragedModel | None:
+def make_ema(model: nn.Module, recipe: Recipe) -> nn.Module | None:
     """The exponential moving average of the weights and BatchNorm statistics, updated after every step.
 
     It is what gets evaluated and saved when `recipe.ema` > 0: it weighs the last 1 / (1 - ema) steps most
     (a thousand at 0.999), so it is steadier from epoch to epoch than the weights of any single step. It
     starts from the initial weights, so the first epochs evaluate a blend still dominated by them.
     """
-    if not recipe.ema:
-        return None
-    if not 0 < recipe.ema < 1:
-        raise ValueError(f"ema must be between 0 and 1 (a decay per step), not {recipe.ema}")
-    return ExponentialAverage(model, recipe.ema)
+    return weight_average(model, recipe.ema) if recipe.ema else None
 
 
 class Ensemble(nn.Module):
@@ -152,37 +95,21 @@ class Ensemble(nn.Module):
         return torch.stack([m(x) for m in self.members]).mean(0)
 
 
-def make_teacher(
-    recipe: Recipe, device: torch.device, images: torch.Tensor | None = None
-) -> nn.Module | torch.Tensor | None:
-    """The frozen model whose predictions the student learns from as well as the labels, when the recipe names one.
+def make_teacher(members: list[nn.Module], recipe: Recipe, runtime: Runtime, images: torch.Tensor | None = None
+                 ) -> nn.Module | torch.Tensor | None:
+    """The frozen model whose predictions the student learns from as well as the labels: the given teacher
+    networks (loaded from checkpoints by the caller), one alone or several as an `Ensemble`.
 
-    It is loaded from the weights shipped with the package, so a run that learns from it can be repeated;
-    with `teacher_seeds` > 1, the teacher's runs with seeds 1 to `teacher_seeds` teach as an `Ensemble`.
-    With `teacher_cache`, what is returned is instead the teacher's outputs for the training `images` as they
-    are, computed here once (one row per image, for `train_one_epoch`).
+    With `recipe.teacher_cache`, what is returned is instead the teacher's outputs for the training `images`
+    as they are, computed here once (one row per image, for `train_one_epoch`).
     """
-    if recipe.teacher is None:
-        if recipe.distill or recipe.teacher_cache:
-            raise ValueError(f"{'distill > 0' if recipe.distill else 'teacher_cache'} needs a teacher")
+    if not members:
         return None
-    if not 0 < recipe.distill <= 1:
-        raise ValueError(f"distill must be in (0, 1] when there is a teacher, not {recipe.distill}")
-    if not recipe.temperature > 0:
-        raise ValueError(f"temperature must be positive, not {recipe.temperature}")
-    if recipe.teacher_seeds < 1:
-        raise ValueError(f"teacher_seeds must be at least 1, not {recipe.teacher_seeds}")
-    try:
-        members = [load_checkpoint(recipe.teacher, device, seed)[1] for seed in range(1, recipe.teacher_seeds + 1)]
-    except CheckpointError as e:
-        raise CheckpointError(f"the recipe's teacher: {e}") from None
-    members = [configure(member, recipe) for member in members]  # the recipe's layout and kernels, for speed
+    members = [apply(member, Recipe(), runtime) for member in members]  # the runtime's kernels, for speed
     teacher = members[0] if len(members) == 1 else Ensemble(members)
     teacher.eval().requires_grad_(False)
     if recipe.teacher_cache:
-        if images is None:
-            raise ValueError("teacher_cache: the teacher's outputs need the training images")
-        return predict(teacher, images, recipe.eval_batch_size)
+        return log_probs(teacher, images, runtime.eval_batch_size)
     return teacher
 
 
@@ -224,8 +151,9 @@ def train_one_epoch(
     on_batch: BatchHook | None = None,
     report_every: int = 25,
     lr_at_step: Callable[[float], float] | None = None,
-    ema: AveragedModel | None = None,
+    ema: nn.Module | None = None,
     teacher: nn.Module | torch.Tensor | None = None,
+    runtime: Runtime = PLAIN,
 ) -> EpochStats:
     """One pass over the training tensors in a fresh random order, in batches of `recipe.batch_size`.
 
@@ -245,7 +173,7 @@ def train_one_epoch(
         if lr_at_step is not None:
             for group in optimizer.param_groups:
                 group["lr"] = lr_at_step(step / steps)
-        x, y = prepare(images[idx], recipe.augment, recipe.channels_last, recipe.kernels != "torch"), labels[idx]
+        x, y = prepare(images[idx], recipe.augment, runtime), labels[idx]
         out = model(x)
         teacher_out = None
         if isinstance(teacher, torch.Tensor):
@@ -268,26 +196,19 @@ def train_one_epoch(
     return EpochStats(loss_sum.item() / n, 100.0 * c / n, c, n)
 
 
-@torch.no_grad()
-def predict(model: nn.Module, images: torch.Tensor, batch_size: int = 1000) -> torch.Tensor:
-    """Log-probabilities (N, 10) for uint8 images (N, 28, 28), in eval mode."""
-    model.eval()
-    return torch.cat([model(prepare(images[i : i + batch_size])) for i in range(0, len(images), batch_size)])
-
-
 def evaluate(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, batch_size: int = 1000) -> EpochStats:
-    logp = predict(model, images, batch_size)
+    logp = log_probs(model, images, batch_size)
     loss = F.nll_loss(logp, labels, reduction="sum").item() / len(labels)
     c = int((logp.argmax(1) == labels).sum().item())
     return EpochStats(loss, 100.0 * c / len(labels), c, len(labels))
 
 
-class Diverged(Exception):
+class Diverged(TinyMnistError):
     """The training loss became NaN or infinite; the state of the last good epoch is what remains."""
 
 
 def training_state(
-    model: nn.Module, optimizer: torch.optim.Optimizer, history: list[dict], ema: AveragedModel | None = None
+    model: nn.Module, optimizer: torch.optim.Optimizer, history: list[dict], ema: nn.Module | None = None
 ) -> dict:
     """Everything needed to continue a run exactly where it stopped (only tensors and plain data)."""
     state = {
@@ -304,13 +225,13 @@ def training_state(
 
 
 def restore_state(
-    model: nn.Module, optimizer: torch.optim.Optimizer, state: dict, ema: AveragedModel | None = None
+    model: nn.Module, optimizer: torch.optim.Optimizer, state: dict, ema: nn.Module | None = None
 ) -> list[dict]:
     model.load_state_dict(state["model"])
     try:
         optimizer.load_state_dict(state["optimizer"])
     except ValueError:  # e.g. a state saved before the parameters were flattened (one optimizer tensor per layer)
-        raise CheckpointError(
+        raise StateError(
             "the training state's optimizer does not fit this version of tinymnist; run without --resume to start again"
         ) from None
     if ema is not None:
@@ -321,33 +242,42 @@ def restore_state(
     return list(state["history"])
 
 
+class StateError(TinyMnistError):
+    pass
+
+
 # on_epoch(epoch row, training state after it): called after each epoch; the state can be saved to resume from
 EpochHook = Callable[[dict, dict], None]
+
+
+@dataclass
+class Fit:
+    history: list[dict]  # one row per epoch
+    model: nn.Module  # the model trained (the weight average with `recipe.ema`), prepared by `runtime.apply`
 
 
 def fit(
     model: nn.Module,
     data: MNIST,
     recipe: Recipe,
+    runtime: Runtime = PLAIN,
+    teachers: list[nn.Module] = (),
     on_batch: BatchHook | None = None,
     on_epoch: EpochHook | None = None,
     resume: dict | None = None,
-) -> list[dict]:
-    """Trains `model` for `recipe.epochs` epochs, evaluating after each; returns the per-epoch history.
+) -> Fit:
+    """Trains a prepared copy of `model` (`runtime.apply`) for `recipe.epochs` epochs, evaluating after each.
 
-    With `resume` (a `training_state`), continues from the epoch after the last one it holds, with the
-    same random stream, so the result equals that of an uninterrupted run. Raises `Diverged` when the
-    training loss stops being finite. With `recipe.ema`, the moving average is what is evaluated, and
-    `model` ends holding it. The last `recipe.clean_epochs` epochs train without augmentation.
+    Returns the per-epoch history and the model trained: with `recipe.ema`, the moving average, which is
+    what is evaluated. `teachers` (networks loaded by the caller) teach when the recipe has a teacher. With
+    `resume` (a `training_state`), continues from the epoch after the last one it holds, with the same random
+    stream, so the result equals that of an uninterrupted run. Raises `Diverged` when the training loss stops
+    being finite. The last `recipe.clean_epochs` epochs train without augmentation.
     """
-    if recipe.clean_epochs < 0:
-        raise ValueError(f"clean_epochs must be 0 or more, not {recipe.clean_epochs}")
-    if not 0 <= recipe.label_smoothing < 1:
-        raise ValueError(f"label_smoothing must be at least 0 and below 1, not {recipe.label_smoothing}")
-    configure(model, recipe)
+    model = apply(model, recipe, runtime)
     optimizer = make_optimizer(model, recipe)
     ema = make_ema(model, recipe)
-    teacher = make_teacher(recipe, next(model.parameters()).device, data.train_images)
+    teacher = make_teacher(list(teachers), recipe, runtime, data.train_images) if recipe.teacher else None
     evaluated = model if ema is None else ema.module
     history = restore_state(model, optimizer, resume, ema) if resume else []
     for epoch in range(len(history), recipe.epochs):
@@ -359,15 +289,15 @@ def fit(
         clean = epoch >= recipe.epochs - recipe.clean_epochs  # the last epochs see the digits as they are
         train = train_one_epoch(
             model, optimizer, data.train_images, data.train_labels, recipe.with_overrides(augment=None) if clean
-            else recipe, on_batch, lr_at_step=per_step, ema=ema, teacher=teacher,
+            else recipe, on_batch, lr_at_step=per_step, ema=ema, teacher=teacher, runtime=runtime,
         )
         if not math.isfinite(train.loss):
             raise Diverged(f"the training loss became {train.loss} in epoch {epoch + 1}")
         row = {"epoch": epoch + 1, "train_loss": round(train.loss, 6), "train_acc": round(train.acc, 4)}
         if data.val_images is not None:
-            val = evaluate(evaluated, data.val_images, data.val_labels, recipe.eval_batch_size)
+            val = evaluate(evaluated, data.val_images, data.val_labels, runtime.eval_batch_size)
             row.update(val_loss=round(val.loss, 6), val_acc=round(val.acc, 4), val_correct=val.correct)
-        test = evaluate(evaluated, data.test_images, data.test_labels, recipe.eval_batch_size)
+        test = evaluate(evaluated, data.test_images, data.test_labels, runtime.eval_batch_size)
         row.update(
             test_loss=round(test.loss, 6),
             test_acc=round(test.acc, 4),
@@ -378,6 +308,4 @@ def fit(
         history.append(row)
         if on_epoch is not None:
             on_epoch(row, training_state(model, optimizer, history, ema))
-    if ema is not None:
-        model.load_state_dict(ema.module.state_dict())
-    return history
+    return Fit(history, evaluated)

@@ -8,17 +8,19 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-import warnings
 import tempfile
+import warnings
 from pathlib import Path
 
 import torch
 from torch import nn
 
-from .engine import predict
+from .data import preprocess
+from .errors import TinyMnistError
+from .model import log_probs
 
 
-class ExportError(Exception):
+class ExportError(TinyMnistError):
     pass
 
 
@@ -64,13 +66,11 @@ def verify_onnx(path: Path, model: nn.Module, images: torch.Tensor, batch_size: 
         import onnxruntime as ort
     except ImportError:
         raise ExportError("ONNX verification needs the optional extra: pip install 'tinymnist[onnx]'") from None
-    from .engine import prepare
-
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     name = session.get_inputs()[0].name
-    expected = predict(model.cpu(), images.cpu(), batch_size)
+    expected = log_probs(model.cpu(), images.cpu(), batch_size)
     got = torch.cat([
-        torch.from_numpy(session.run(None, {name: prepare(images[i : i + batch_size].cpu()).numpy()})[0])
+        torch.from_numpy(session.run(None, {name: preprocess(images[i : i + batch_size].cpu()).numpy()})[0])
         for i in range(0, len(images), batch_size)
     ])
     same = int((got.argmax(1) == expected.argmax(1)).sum())

@@ -11,7 +11,7 @@ consecutive small batches would.
 `use_ghost_batches` changes the class of each BatchNorm2d in place (to a subclass of its own class, fused
 ones included), so its parameters, buffers and state dict stay as they were. PyTorch's BatchNorm runs once
 per group, on a slice of the batch, and the outputs are joined. The fused kernels (`kernels.py`) instead
-normalise a batch of equal groups in one pass, each group's statistics from the same whole-tensor
+normalise a batch of equal groups in one pass (`takes_groups`), each group's statistics from the same whole-tensor
 operations, which costs a fraction of running them group by group (see the Performance section of the
 README) and gives the same numbers, bit for bit (`tests/test_ghost.py`): the records of the ghost-batch
 models were made group by group.
@@ -21,8 +21,6 @@ from __future__ import annotations
 
 import torch
 from torch import nn
-
-from .kernels import FusedBatchNorm2d
 
 
 class _Ghost:
@@ -35,7 +33,7 @@ class _Ghost:
         if not self.training or len(x) <= self.ghost_size:
             return whole(x)
         groups, rest = divmod(len(x), self.ghost_size)
-        if not rest and isinstance(self, FusedBatchNorm2d):
+        if not rest and getattr(self, "takes_groups", False):  # fused kernels (fast/kernels.py)
             return whole(x, groups)  # every group in the same whole-tensor operations, with the same numbers
         return torch.cat([whole(part) for part in x.split(self.ghost_size)])
 
@@ -54,8 +52,6 @@ def ghost_class(cls: type[nn.BatchNorm2d]) -> type[nn.BatchNorm2d]:
 
 def use_ghost_batches(model: nn.Module, size: int) -> nn.Module:
     """Every BatchNorm2d of `model` (in place) normalises groups of `size` images in training; returns it."""
-    if size < 1:
-        raise ValueError(f"ghost_batch must be 1 or more images, not {size}")
     for module in model.modules():
         if isinstance(module, nn.BatchNorm2d):
             module.__class__ = ghost_class(type(module))

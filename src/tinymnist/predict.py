@@ -13,10 +13,11 @@ import torch
 import torch.nn.functional as F
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from .engine import predict as predict_logp
+from .errors import TinyMnistError
+from .model import log_probs
 
 
-class ImageError(Exception):
+class ImageError(TinyMnistError):
     pass
 
 
@@ -73,7 +74,7 @@ def classify(model: torch.nn.Module, paths: list[Path], device: torch.device | s
     if not paths:
         raise ImageError("no image files given")
     images = torch.stack([to_mnist_checked(p) for p in paths]).to(device)
-    probs = predict_logp(model, images).exp()
+    probs = log_probs(model, images).exp()
     p, digit = probs.max(1)
     return [{"file": str(f), "digit": int(d), "probability": round(float(q), 4)} for f, d, q in zip(paths, digit, p)]
 

@@ -1,4 +1,5 @@
-"""Run records and checkpoints on disk: atomic JSON records, weights-only checkpoints, and reading them back.
+"""Run records, checkpoints and resumable states on disk: atomic JSON records, weights-only checkpoints, and
+reading them back without running any code.
 
 A record is `results/<MODEL>/seed<SEED>.json`; its checkpoint is the `.pt` file beside it. Both are
 written to a temporary file first and renamed into place, so an interrupted write never leaves half a file.
@@ -16,14 +17,15 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from .errors import TinyMnistError
 from .files import atomic_write_bytes
-from .model import REGISTRY, ROLES, UnknownModelError, create_model, get_entry
-from .recipe import Recipe
+from .model import REGISTRY, ROLES, UnknownModelError, get_entry
+from .recipes import Recipe
 
 RESULTS_DIR = Path("results")
 
 
-class CheckpointError(Exception):
+class CheckpointError(TinyMnistError):
     pass
 
 
@@ -50,20 +52,17 @@ def git_commit() -> str | None:
 def save_checkpoint(path: Path, model_name: str, model: nn.Module, recipe: Recipe, **meta) -> None:
     """Final weights with the model name and recipe: only tensors and plain data, loadable weights-only."""
     buf = io.BytesIO()
-    state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
+    state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}  # clone: not the flat storage
     torch.save({"model": model_name, "recipe": recipe.to_dict(), "state_dict": state, **meta}, buf)
     atomic_write_bytes(path, buf.getvalue())
 
 
-def load_checkpoint(
-    path: str | os.PathLike, device: str | torch.device = "cpu", seed: int = 1
-) -> tuple[str, nn.Module, dict]:
+def load_checkpoint(path: str | os.PathLike, device: str | torch.device = "cpu") -> tuple[str, nn.Module, dict]:
     """Loads a checkpoint safely (weights only: no pickled code runs) and rebuilds its model.
 
-    `path` may also be a model name or role, meaning the weights shipped with the package (of its run with
-    `seed`, for a teacher that ships several).
+    `path` may also be a model name or role, meaning the weights shipped with the package.
     """
-    path = resolve_checkpoint(str(path), seed)
+    path = resolve_checkpoint(str(path))
     if not path.is_file():
         raise CheckpointError(f"checkpoint {path} does not exist")
     try:
@@ -71,7 +70,7 @@ def load_checkpoint(
     except pickle.UnpicklingError as e:
         first = str(e).strip().splitlines()[0] if str(e).strip() else "unpickling failed"
         raise CheckpointError(f"{path}: refused, not a plain weights checkpoint ({first})") from None
-    except Exception as e:  # torch.load raises many kinds of errors on garbage; all mean "not a checkpoint"
+    except Exception as e:  # noqa: BLE001  torch.load raises many kinds of errors on garbage: all mean "not one"
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise CheckpointError(f"{path}: not a readable checkpoint ({first})") from None
     if not isinstance(ckpt, dict) or not {"model", "state_dict"} <= set(ckpt):
@@ -81,8 +80,12 @@ def load_checkpoint(
         get_entry(name)
     except UnknownModelError as e:
         raise CheckpointError(f"{path}: {e}") from None
-    recipe = ckpt.get("recipe") or {}
-    model = create_model(name, dropout=recipe.get("dropout"))
+    entry = get_entry(name)
+    try:
+        recipe = Recipe.from_dict(ckpt["recipe"]) if ckpt.get("recipe") else entry.recipe
+        model = entry.build(recipe)
+    except TinyMnistError as e:
+        raise CheckpointError(f"{path}: {e}") from None
     try:
         model.load_state_dict(ckpt["state_dict"])
     except RuntimeError as e:
@@ -100,9 +103,13 @@ def save_state(path: Path, model_name: str, recipe: Recipe, state: dict) -> None
 def load_state(path: Path, model_name: str, recipe: Recipe) -> dict:
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # see load_checkpoint
+    except Exception as e:  # noqa: BLE001  see load_checkpoint
         raise CheckpointError(f"{path}: not a readable training state ({str(e).strip().splitlines()[0]})") from None
-    if state.get("model_name") != model_name or state.get("recipe") != recipe.to_dict():
+    try:
+        same = state.get("model_name") == model_name and Recipe.from_dict(state.get("recipe")) == recipe
+    except TinyMnistError:
+        same = False
+    if not same:
         raise CheckpointError(
             f"{path} holds a run of {state.get('model_name')} with another recipe; "
             "resume with the same model and options, or run without --resume to start again"
@@ -110,26 +117,33 @@ def load_state(path: Path, model_name: str, recipe: Recipe) -> dict:
     return state
 
 
+def load_teachers(recipe: Recipe, device: str | torch.device, results: Path = RESULTS_DIR) -> list[nn.Module]:
+    """The networks that teach a recipe: the checkpoints of its teacher's runs with seeds 1 to
+    `teacher_seeds` in the teacher's records (`results/<TEACHER>/seed<N>.pt`)."""
+    if recipe.teacher is None:
+        return []
+    members = []
+    for seed in range(1, recipe.teacher_seeds + 1):
+        path = record_path(results, recipe.teacher, seed).with_suffix(".pt")
+        if not path.is_file():
+            raise CheckpointError(
+                f"the recipe's teacher: no checkpoint {path}; train it first (tinymnist train {recipe.teacher} "
+                f"--seeds 1-{recipe.teacher_seeds} --out {results}) or point --teachers at its records' folder"
+            )
+        members.append(load_checkpoint(path, device)[1])
+    return members
+
+
 WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
 
 
-def shipped_name(model: str, seed: int = 1) -> str:
-    """The file stem of a model's shipped weights: the model's name for its seed-1 run (the weights that
-    `eval MODEL` uses); a teacher's further seeds, which teach as an ensemble, add the seed."""
-    return model if seed == 1 else f"{model}.seed{seed}"
-
-
-def resolve_checkpoint(arg: str, seed: int = 1) -> Path:
-    """A checkpoint path as given, or for a model name or role the weights shipped with the package."""
+def resolve_checkpoint(arg: str) -> Path:
+    """A checkpoint path as given, or for a model name or role the weights shipped with the package (its
+    seed-1 checkpoint, copied there by `tinymnist report`)."""
     if arg in REGISTRY or arg in ROLES:
-        try:
-            name = get_entry(arg).name
-        except UnknownModelError:  # a role no model holds yet
-            name = arg
-        path = WEIGHTS_DIR / f"{shipped_name(name, seed)}.pt"
+        path = WEIGHTS_DIR / f"{get_entry(arg).name}.pt"
         if not path.is_file():
             shipped = sorted(p.stem for p in WEIGHTS_DIR.glob("*.pt")) or ["none"]
-            which = arg if seed == 1 else f"{arg} seed {seed}"
-            raise CheckpointError(f"no shipped weights for {which} (shipped: {', '.join(shipped)})")
+            raise CheckpointError(f"no shipped weights for {arg} (shipped: {', '.join(shipped)})")
         return path
     return Path(arg)

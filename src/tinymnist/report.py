@@ -12,7 +12,8 @@ import statistics
 from dataclasses import dataclass
 from pathlib import Path
 
-from .model import REGISTRY, create_model, get_entry
+from .errors import TinyMnistError
+from .model import REGISTRY, ROLES, create_model, get_entry
 from .summary import format_summary, summary_dict
 
 TARGET = 99.40  # test accuracy (percent) the exercise asks to hold
@@ -39,7 +40,7 @@ class Goal:
 GOALS = (Goal("final", 7_999, hold=5, min_mean=99.50), Goal("tiny", 4_000, hold=3))
 
 
-class ReportError(Exception):
+class ReportError(TinyMnistError):
     pass
 
 
@@ -130,7 +131,8 @@ def training_steps(name: str) -> int:
 
 
 def roles_from_records(results: Path) -> dict[str, str | None]:
-    """Which model each role should go to, by the records. "final": of the models that meet its goal, the one
+    """Which model each role would go to by the rule in `model.ROLES`'s comment, judged from the records (shown
+    beside the roles as decided; nothing assigns roles from it). "final": of the models that meet its goal, the one
     cheapest to train (`training_steps`), then the one with the highest mean; while none meets it, the best
     of the models with enough seeds under the budget: those that hold on every seed first, then by mean (the
     main job must train something). "tiny": the smallest model that meets its goal, else nobody."""
@@ -280,7 +282,8 @@ def val_section(results: Path, model: str) -> str:
     by_val = max(h, key=lambda r: (r["val_acc"], r["epoch"]))  # ties: the later epoch
     by_test = max(h, key=lambda r: (r["test_acc"], r["epoch"]))
     lines = [
-        f"{model}, seed {rec['seed']}, trained on the first {TRAIN_IMAGES - rec['val']:,} training images with the last "
+        f"{model}, seed {rec['seed']}, trained on the first {TRAIN_IMAGES - rec['val']:,} training images with the "
+        "last "
         f"{rec['val']:,} held out ([record]({rec['_path']})):",
         "",
         "| epoch | " + " | ".join(str(r["epoch"]) for r in h) + " |",
@@ -288,7 +291,8 @@ def val_section(results: Path, model: str) -> str:
         "| validation acc | " + " | ".join(f"{r['val_acc']:.2f}" for r in h) + " |",
         "| test acc | " + " | ".join(f"{r['test_acc']:.2f}" for r in h) + " |",
         "",
-        f"Choosing the epoch by validation accuracy picks epoch {by_val['epoch']} (validation {by_val['val_acc']:.2f} %),"
+        f"Choosing the epoch by validation accuracy picks epoch {by_val['epoch']} "
+        f"(validation {by_val['val_acc']:.2f} %),"
         f" whose test accuracy is {by_val['test_acc']:.2f} %; choosing by test accuracy would pick epoch "
         f"{by_test['epoch']} ({by_test['test_acc']:.2f} %). The last {HOLD} epochs average "
         f"{statistics.mean(r['val_acc'] for r in h[-HOLD:]):.2f} % on validation and "
@@ -332,7 +336,8 @@ def bench_tables(results: Path) -> str:
             reps = len(rec.get("fast_runs", [None]))
             how = f", median of {reps} alternating repetitions" if reps > 1 else ""
             lines.append(
-                f"| {rec['model']} training{how}, project batch {rec['batch_size']} ({settings}) vs baseline batch 64 | "
+                f"| {rec['model']} training{how}, project batch {rec['batch_size']} ({settings}) vs baseline "
+                "batch 64 | "
                 f"{rec['fast_img_s']:,.0f} img/s ({rec['fast_gflop_s']:.1f} GFLOP/s) | "
                 f"{rec['baseline_img_s']:,.0f} img/s ({rec['baseline_gflop_s']:.1f} GFLOP/s) | "
                 f"**{rec['ratio']:.2f}x** | [{Path(rec['_path']).name}]({rec['_path']}) |"
@@ -354,7 +359,8 @@ def bench_tables(results: Path) -> str:
                   "| variant | batch | images/s | vs the recipe |", "|---|---:|---:|---:|"]
         first = rec["options"][0]["img_s"]
         for row in rec["options"]:
-            extra = f" (first run, compiling included: {row['total_seconds_with_compile']:.0f} s)" if "total_seconds_with_compile" in row \
+            compiling = row.get("total_seconds_with_compile")
+            extra = f" (first run, compiling included: {compiling:.0f} s)" if compiling is not None \
                 else ""
             lines.append(f"| {row['variant']}{extra} | {row['batch_size']} | {row['img_s']:,.0f} | "
                          f"{row['img_s'] / first:.2f}x |")
@@ -437,39 +443,27 @@ def draw_figures(results: Path, fig_dir: Path, data_dir=None) -> list[Path]:
 
 
 def ship_weights(results: Path, weights_dir: Path) -> list[Path]:
-    """Copies the seed-1 checkpoint of the final and the tiny model, and of any model that teaches another
-    (see `Recipe.teacher`; seeds 1 to `teacher_seeds` of a teacher ensemble), into the package, with where
-    it came from."""
+    """Copies the seed-1 checkpoint of each role's model (`model.ROLES`) into the package, with where it came
+    from, so `eval final` and `predict final` work from an installed package. Nothing in training reads them."""
     import shutil
 
-    from .records import shipped_name, write_json
+    from .records import write_json
 
-    seeds: dict[str, int] = {}  # model -> how many of its seeds ship
-    for entry in REGISTRY.values():
-        if entry.role is not None:
-            seeds.setdefault(entry.name, 1)
-        if entry.recipe.teacher:
-            teacher = get_entry(entry.recipe.teacher).name
-            seeds[teacher] = max(seeds.get(teacher, 1), entry.recipe.teacher_seeds)
     shipped = []
-    for name, count in seeds.items():
-        role = REGISTRY[name].role if name in REGISTRY else None
-        for seed in range(1, count + 1):
-            src = results / name / f"seed{seed}.pt"
-            record = results / name / f"seed{seed}.json"
-            if not (src.is_file() and record.is_file()):
-                why = f"the {role} model" if role else "the teacher"
-                raise ReportError(f"no seed-{seed} checkpoint and record of {why} {name} in {results}/")
-            rec = json.loads(record.read_text())
-            dest = weights_dir / f"{shipped_name(name, seed)}.pt"
-            weights_dir.mkdir(parents=True, exist_ok=True)
-            shutil.copyfile(src, dest)
-            write_json(dest.with_suffix(".json"), {
-                "model": name, "role": role, "seed": rec["seed"], "record": record.as_posix(),
-                "test_acc": rec["epochs"][-1]["test_acc"], "test_correct": rec["epochs"][-1]["test_correct"],
-            })
-            shipped.append(dest)
-    for stale in weights_dir.glob("*.pt"):  # a model that lost its role (and teaches none) no longer ships
+    for role, name in ROLES.items():
+        src, record = results / name / "seed1.pt", results / name / "seed1.json"
+        if not (src.is_file() and record.is_file()):
+            raise ReportError(f"no seed-1 checkpoint and record of the {role} model {name} in {results}/")
+        rec = json.loads(record.read_text())
+        dest = weights_dir / f"{name}.pt"
+        weights_dir.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(src, dest)
+        write_json(dest.with_suffix(".json"), {
+            "model": name, "role": role, "seed": rec["seed"], "record": record.as_posix(),
+            "test_acc": rec["epochs"][-1]["test_acc"], "test_correct": rec["epochs"][-1]["test_correct"],
+        })
+        shipped.append(dest)
+    for stale in weights_dir.glob("*.pt"):  # a model that lost its role no longer ships
         if stale not in shipped:
             stale.unlink()
             stale.with_suffix(".json").unlink(missing_ok=True)

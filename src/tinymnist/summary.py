@@ -96,7 +96,8 @@ def layer_table(model: nn.Module, input_shape=(1, 28, 28)) -> list[Layer]:
                 x = block(x)
                 rf, jump = _walk_rf(block, rf, jump)
                 rows.append(
-                    Layer(name, _describe(block), list(x.shape[1:]), count_params(block), rf, jump, _macs(block), _param_parts(block))
+                    Layer(name, _describe(block), list(x.shape[1:]), count_params(block), rf, jump, _macs(block),
+                          _param_parts(block))
                 )
     finally:
         for h in hooks:

@@ -15,6 +15,7 @@ import itertools
 
 import torch
 from torch import nn
+from torch.optim.swa_utils import AveragedModel
 
 
 def _groups(module: nn.Module) -> list[list[torch.Tensor]]:
@@ -49,7 +50,7 @@ def _base(group: list[torch.Tensor]) -> torch.Tensor | None:
     sizes = [t.numel() for t in group]
     if (
         any(t.untyped_storage().data_ptr() != storage.data_ptr() for t in group)
-        or [t.storage_offset() for t in group] != list(itertools.accumulate([0] + sizes[:-1]))
+        or [t.storage_offset() for t in group] != list(itertools.accumulate([0, *sizes[:-1]]))
         or storage.nbytes() != sum(sizes) * group[0].element_size()
     ):
         return None
@@ -77,3 +78,36 @@ def flat_pairs(target: nn.Module, source: nn.Module) -> list[tuple[torch.Tensor,
         a, b = _base(mine), _base(theirs)
         pairs += [(a, b)] if a is not None and b is not None else list(zip(mine, theirs, strict=True))
     return pairs
+
+
+class ExponentialAverage(AveragedModel):
+    """`AveragedModel` with an exponential moving average of the weights and BatchNorm statistics, updated
+    with one operation per flat group (see `flat.py`) rather than per tensor, by the same arithmetic as
+    `get_ema_multi_avg_fn`; its state dict is AveragedModel's."""
+
+    def __init__(self, model: nn.Module, decay: float):
+        super().__init__(model, use_buffers=True)  # the averaging itself is update_parameters below
+        flatten_(self.module)
+        self.decay = decay
+        self._pairs: list[tuple[torch.Tensor, torch.Tensor]] = []
+        self._source = 0  # id() of the model the pairs were made for; 0: make them (again) at the next update
+        self._first = True  # no update yet: the next one copies (read from n_averaged when the pairs are made)
+
+    def load_state_dict(self, *args, **kwargs):
+        self._source = 0
+        return super().load_state_dict(*args, **kwargs)
+
+    @torch.no_grad()
+    def update_parameters(self, model: nn.Module) -> None:
+        if self._source != id(model):  # n_averaged is read here only, not at every step (a device sync)
+            self._pairs, self._source = flat_pairs(self.module, model), id(model)
+            self._first = bool(self.n_averaged == 0)
+        for mine, theirs in self._pairs:
+            if self._first:
+                mine.copy_(theirs)
+            elif mine.is_floating_point():
+                mine.lerp_(theirs, 1 - self.decay)
+            else:  # BatchNorm's step counters, as get_ema_multi_avg_fn averages them
+                mine.copy_(mine * self.decay + theirs * (1 - self.decay))
+        self.n_averaged += 1
+        self._first = False

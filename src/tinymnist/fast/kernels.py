@@ -1,4 +1,4 @@
-"""Faster equivalents of PyTorch operations for these small networks on a CPU (`Recipe.kernels`).
+"""Faster equivalents of PyTorch operations for these small networks on a CPU (the runtime's `kernels`).
 
 Each computes the same function as the operations it replaces, equal up to float rounding; the tests compare
 them with PyTorch's own. `kernels="fast"` uses the first two, `kernels="fast+pool"` all three.
@@ -17,9 +17,10 @@ them with PyTorch's own. `kernels="fast"` uses the first two, `kernels="fast+poo
   passes instead of a dozen.
 
 The two fused functions also take `groups`: the batch's equal groups of consecutive images each normalised
-with its own statistics (ghost batches, `ghost.py`), in the same operations, with a leading group dimension.
+with its own statistics (ghost batches, `ghost.py`), in the same operations, with a leading group dimension;
+`FusedBatchNorm2d.takes_groups` tells `ghost.py` so, without either module knowing the other.
 
-See the Performance section of the README for what they are worth.
+See docs/performance.md for what they are worth.
 """
 
 from __future__ import annotations
@@ -114,6 +115,7 @@ class FusedBatchNorm2d(nn.BatchNorm2d):
     batch statistics and running averages runs `function`; anything else, `unfused`."""
 
     function: type[torch.autograd.Function]
+    takes_groups = True  # forward(x, groups) normalises equal groups of the batch apart, in one pass
 
     def unfused(self, x: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError

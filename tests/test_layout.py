@@ -1,0 +1,42 @@
+"""The code's layout is its architecture: each module uses only those before it on the path from data to
+report, and the speed code (`fast/`) is imported in one place."""
+
+import ast
+from pathlib import Path
+
+import pytest
+
+PACKAGE = Path(__file__).resolve().parents[1] / "src" / "tinymnist"
+# the path, in order; a module may import only those before it
+ORDER = ["errors", "files", "data", "recipes", "augment", "ghost", "nets", "model", "fast", "runtime", "engine",
+         "records", "summary", "figures", "report", "predict", "export", "bench", "cli", "__main__"]
+
+
+def internal_imports(path: Path) -> set[str]:
+    """The package's own modules that `path` imports (top level of the package: `fast.x` counts as `fast`)."""
+    found = set()
+    inside_fast = path.parent.name == "fast"
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.ImportFrom) and node.level > 0:
+            base = node.module.split(".")[0] if node.module else None
+            if inside_fast and node.level == 1:
+                continue  # within the subpackage
+            if base:
+                found.add(base)
+            else:
+                found.update(alias.name for alias in node.names)
+    return found
+
+
+@pytest.mark.parametrize("path", sorted(p for p in PACKAGE.rglob("*.py") if p.name != "__init__.py"),
+                         ids=lambda p: str(p.relative_to(PACKAGE)))
+def test_each_module_imports_only_modules_before_it(path):
+    name = "fast" if path.parent.name == "fast" else path.stem
+    assert name in ORDER, f"{name} is not placed on the path in ORDER"
+    later = {m for m in internal_imports(path) if ORDER.index(m) >= ORDER.index(name) and m != name}
+    assert not later, f"{path.name} imports {sorted(later)}, which stand after it"
+
+
+def test_the_speed_code_is_imported_from_one_place():
+    users = sorted(p.name for p in PACKAGE.glob("*.py") if "fast" in internal_imports(p))
+    assert users == ["runtime.py"]
