@@ -46,7 +46,7 @@ def test_sections_are_rewritten_and_unknown_ones_refused(tmp_path):
     out = render_readme(text, tmp_path)
     assert "stale" not in out and "| Model_6 | 7,624 | 28 |" in out and out.startswith("a\n") and out.endswith("b\n")
     assert render_readme(out, tmp_path) == out
-    with pytest.raises(ReportError, match="unknown README section"):
+    with pytest.raises(ReportError, match="unknown generated section"):
         render_readme("<!-- BEGIN nonsense -->\n<!-- END nonsense -->", tmp_path)
 
 
@@ -119,6 +119,7 @@ def test_goals_need_five_seeds_and_the_parameter_budget(tmp_path):
 
 def test_roles_in_the_registry_follow_the_committed_records(monkeypatch):
     from conftest import ROOT
+
     from tinymnist.model import REGISTRY
 
     monkeypatch.chdir(ROOT)
