@@ -322,11 +322,18 @@ def val_section(results: Path, model: str, base: str = ".") -> str:
     return "\n".join(lines)
 
 
+def step_target(entry) -> str:
+    """The registry's one-line target of a step, its teacher named: "the final model" in a taught step's
+    target meant the model that held the role then, which the recipe names (Models 13 and 17: Model_11)."""
+    teacher = entry.recipe.teacher
+    return entry.target.replace("the final model", teacher) if teacher else entry.target
+
+
 def models_table() -> str:
     lines = ["| model | params | RF | target |", "|---|---:|---:|---|"]
     for name, entry in REGISTRY.items():
         info = summary_dict(name, create_model(name))
-        lines.append(f"| {name} | {info['params']:,} | {info['rf']} | {entry.target} |")
+        lines.append(f"| {name} | {info['params']:,} | {info['rf']} | {step_target(entry)} |")
     return "\n".join(lines)
 
 
@@ -529,7 +536,7 @@ def overview(results: Path, base: str = ".", text: str = "") -> str:
             seeds, avg = f"{held} of {len(records)}", f"{mean:.3f} (K = {entry.hold})"
         else:
             seeds, avg = "no records", ""
-        lines.append(f"| {step} | `{name}`: {entry.target} | {params:,} | {seeds} | {avg} | {path} |")
+        lines.append(f"| {step} | `{name}`: {step_target(entry)} | {params:,} | {seeds} | {avg} | {path} |")
     return "\n".join(lines)
 
 
