@@ -177,3 +177,50 @@ def test_a_same_network_row_says_how_many_repetitions_its_median_is_of(tmp_path)
     rows = [line for line in bench_tables(tmp_path).splitlines() if "vs baseline batch 64" in line]
     assert "| 1-seven.json training, median of 7 alternating repetitions, project batch 64" in rows[0]
     assert "| 2-one.json training, project batch 64" in rows[1]
+
+
+def full_records(folder: Path, per_seed: list[list[int]], commit="abc", val=None):
+    """Records whose epochs carry `test_correct` (of 10,000) and, for a validation run, `val_acc`."""
+    folder.mkdir(parents=True)
+    for seed, correct in enumerate(per_seed, 1):
+        epochs = [{"epoch": i + 1, "test_correct": c, "test_acc": c / 100, "train_acc": c / 100, "train_loss": 0.1,
+                   "test_loss": 0.1, "lr": 0.01, "seconds": 1.0, **({"val_acc": c / 100} if val else {})}
+                  for i, c in enumerate(correct)]
+        rec = {"seed": seed, "params": 7568, "epochs": epochs, "git_commit": commit, "val": val}
+        (folder / f"seed{seed}.json").write_text(json.dumps(rec))
+
+
+def test_the_final_choice_gives_the_rule_the_change_and_the_margins_from_the_records(tmp_path):
+    """The margin in test digits is counted, not rounded: 4 digits over 250,000 is a mean of 99.5016."""
+    from tinymnist.report import final_choice
+
+    full_records(tmp_path / "Model_26", [[9000] * 10 + [9951] * 5] * 5)
+    full_records(tmp_path / "Model_41", [[9000] * 10 + [9950] * 5] * 4 + [[9000] * 10 + [9950] * 4 + [9954]])
+    full_records(tmp_path / "val" / "Model_41", [[9000] * 10 + [9936, 9938, 9943, 9942, 9942]], val=10_000)
+    text = final_choice(tmp_path)
+    assert "the rule picks Model_26" in text and "4.0 times fewer" in text
+    assert "99.5016 %, 0.0016 points above 99.50 %: 248,754 of the 250,000 test digits" in text
+    assert "4 more than 99.50 % asks for" in text
+    assert "Model_41 does not hold 99.40 %" in text and "mean 99.402 %, minimum 99.36 %" in text
+
+
+def test_records_without_a_commit_are_listed(tmp_path):
+    from tinymnist.report import null_commits
+
+    full_records(tmp_path / "Model_9", [[9950] * 15] * 2)
+    full_records(tmp_path / "Model_10", [[9950] * 15] * 3, commit=None)
+    full_records(tmp_path / "val" / "Model_10", [[9950] * 15], commit=None, val=10_000)
+    text = null_commits(tmp_path)
+    assert text.startswith("4 of the 6 run records name no commit")
+    assert "Model_10" in text and "seeds 1-3" in text and "val/Model_10" in text and "Model_9" not in text
+
+
+def test_links_are_relative_to_the_page(tmp_path, monkeypatch):
+    from tinymnist.report import link, step_results
+
+    assert link("results/Model_9/seed1.json") == "results/Model_9/seed1.json"
+    assert link("results/Model_9/seed1.json", "docs") == "../results/Model_9/seed1.json"
+    monkeypatch.chdir(tmp_path)
+    full_records(Path("results") / "Model_9", [[9950] * 15] * 2)
+    text = step_results(Path("results"), "Model_9", "docs")
+    assert "(../results/Model_9/seed1.json)" in text and "(results.md#consistency-across-seeds)" in text

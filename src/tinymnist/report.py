@@ -214,18 +214,22 @@ def step_results(results: Path, model: str, base: str = ".") -> str:
     v = verdict(h, hold=hold)
     lines = [
         (f"- Parameters: {rec['params']:,}; seed {rec['seed']}, {len(h)} epochs "
-        f"([record]({link(rec['_path'], base)}))"),
+         f"([record]({link(rec['_path'], base)}))"),
         f"- Best train accuracy: {train:.2f}% (epoch {train_ep}); best test accuracy: {test:.2f}% (epoch {test_ep})",
         (f"- Last epoch: train {h[-1]['train_acc']:.2f}%, test {h[-1]['test_acc']:.2f}% "
-        f"(train - test: {h[-1]['train_acc'] - h[-1]['test_acc']:+.2f} points)"),
+         f"(train - test: {h[-1]['train_acc'] - h[-1]['test_acc']:+.2f} points)"),
         (f"- Epochs at >= {TARGET:.2f}%: {epoch_ranges(v['above'])}; held in each of the last {hold}: "
-        f"{'yes' if v['held'] else 'no'}"),
+         f"{'yes' if v['held'] else 'no'}"),
     ]
     if len(records) > 1:
         held, mean = held_and_mean(records, hold)
-        lines += [(f"- Over {len(records)} seeds: held in each of the last {hold} epochs on {held} of {len(records)}, "
-                  f"mean of those epochs {mean:.3f}% ([all models]({link(DOCS + '/results.md', base)}"
-                  "#consistency-across-seeds)); test accuracy per epoch, seed by seed:"), "", seed_detail(results, model)]
+        everyone = f"{link(DOCS + '/results.md', base)}#consistency-across-seeds"
+        lines += [
+            (f"- Over {len(records)} seeds: held in each of the last {hold} epochs on {held} of {len(records)}, "
+             f"mean of those epochs {mean:.3f}% ([all models]({everyone})); test accuracy per epoch, seed by seed:"),
+            "",
+            seed_detail(results, model),
+        ]
     lines += [
         "",
         "<details><summary>Per-epoch log</summary>",
@@ -245,7 +249,7 @@ def step_results(results: Path, model: str, base: str = ".") -> str:
 def seeds_table(results: Path) -> str:
     lines = [
         (f"| model | params | seeds | mean of last {HOLD} | std | min of last {HOLD} | best | "
-        "mean of the last K, K of its target | verdict |"),
+         "mean of the last K, K of its target | verdict |"),
         "|---|---:|---:|---:|---:|---:|---:|---:|---|",
     ]
     for model in REGISTRY:
@@ -302,7 +306,7 @@ def val_section(results: Path, model: str, base: str = ".") -> str:
     by_test = max(h, key=lambda r: (r["test_acc"], r["epoch"]))
     lines = [
         (f"{model}, seed {rec['seed']}, trained on the first {TRAIN_IMAGES - rec['val']:,} training images with the last "
-        f"{rec['val']:,} held out ([record]({link(rec['_path'], base)})):"),
+         f"{rec['val']:,} held out ([record]({link(rec['_path'], base)})):"),
         "",
         "| epoch | " + " | ".join(str(r["epoch"]) for r in h) + " |",
         "|---|" + "---:|" * len(h),
@@ -310,10 +314,10 @@ def val_section(results: Path, model: str, base: str = ".") -> str:
         "| test acc | " + " | ".join(f"{r['test_acc']:.2f}" for r in h) + " |",
         "",
         (f"Choosing the epoch by validation accuracy picks epoch {by_val['epoch']} (validation {by_val['val_acc']:.2f} %),"
-        f" whose test accuracy is {by_val['test_acc']:.2f} %; choosing by test accuracy would pick epoch "
-        f"{by_test['epoch']} ({by_test['test_acc']:.2f} %). The last {HOLD} epochs average "
-        f"{statistics.mean(r['val_acc'] for r in h[-HOLD:]):.2f} % on validation and "
-        f"{statistics.mean(r['test_acc'] for r in h[-HOLD:]):.2f} % on test."),
+         f" whose test accuracy is {by_val['test_acc']:.2f} %; choosing by test accuracy would pick epoch "
+         f"{by_test['epoch']} ({by_test['test_acc']:.2f} %). The last {HOLD} epochs average "
+         f"{statistics.mean(r['val_acc'] for r in h[-HOLD:]):.2f} % on validation and "
+         f"{statistics.mean(r['test_acc'] for r in h[-HOLD:]):.2f} % on test."),
     ]
     full = [r for r in load_records(results, model) if r["seed"] == rec["seed"]]
     if full:
@@ -473,7 +477,6 @@ def final_choice(results: Path, base: str = ".") -> str:
     scored = {n: assess(load_records(results, n), goal) for n in names}
     met = [n for n in names if scored[n]["met"]]
     prior = roles_from_records(results, names[: names.index(final)])["final"]
-    by_mean = max(met, key=lambda n: scored[n]["mean"])
 
     def who(n: str) -> str:
         return f"{n} ({training_steps(n):,} steps, mean {scored[n]['mean']:.3f} %)"
@@ -481,10 +484,12 @@ def final_choice(results: Path, base: str = ".") -> str:
     lines = [
         f"- **The rule** (`report.roles_from_records`): of the models that meet the final target ({goal.describe()}), "
         "the final model is the one that trains in the fewest optimizer steps, its teachers' runs included "
-        "(`report.training_steps`); the higher mean breaks a tie. Models that meet the target: "
-        + ", ".join(who(n) for n in met) + ".",
+        "(`report.training_steps`); the higher mean breaks a tie; while none meets it, the role goes to the best "
+        "of those that hold on every seed. Models that meet the target: "
+        + (", ".join(who(n) for n in met) or "none") + ".",
     ]
-    if prior and prior != final:
+    if prior and prior != final and met:
+        by_mean = max(met, key=lambda n: scored[n]["mean"])
         lines.append(
             f"- **It changed when {final} arrived.** Over the models before it, the rule picks {who(prior)}; "
             f"{final} meets the target in {training_steps(final):,} steps, "
@@ -497,9 +502,9 @@ def final_choice(results: Path, base: str = ".") -> str:
     need = Fraction(str(goal.min_mean)) / 100 * total
     lines.append(
         f"- **Margin on the test set.** {final}'s mean over the last {goal.hold} epochs of its {a['seeds']} seeds is "
-        f"{a['mean']:.4f} %, {a['mean'] - goal.min_mean:.4f} points above {goal.min_mean:.2f} %: {right:,} of the "
-        f"{total:,} test digits evaluated in those epochs are right, {_count(right - need)} more than "
-        f"{goal.min_mean:.2f} % asks for."
+        f"{a['mean']:.4f} %, {abs(a['mean'] - goal.min_mean):.4f} points {'above' if right >= need else 'below'} "
+        f"{goal.min_mean:.2f} %: {right:,} of the {total:,} test digits evaluated in those epochs are right, "
+        f"{_count(abs(right - need))} {'more' if right >= need else 'fewer'} than {goal.min_mean:.2f} % asks for."
     )
     val = load_records(results / "val", final)
     if val:
