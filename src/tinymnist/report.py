@@ -457,13 +457,14 @@ def headline(results: Path, base: str = ".") -> str:
         how = f"medians of {runs} runs alternating with the baseline's" if runs > 1 else "one run of each"
         lines += ["", (
             f"{final}'s whole training run ({rec['epochs']} epochs, evaluated after each) takes "
-            f"**{rec['fast_seconds']:.1f} s** on this {m['cores']}-core CPU ({m['cpu']}), **{rec['ratio']:.2f}x** "
-            f"faster than {rec['reference']}'s run with the reference's pipeline ({rec['baseline_seconds']:.1f} s, "
-            f"extrapolated from a timed slice of batches; {how}: "
+            f"**{rec['fast_seconds']:.1f} s** on this {m['cores']}-core CPU ({m['cpu']}), against "
+            f"{rec['baseline_seconds']:.1f} s for {rec['reference']}'s run with the reference's pipeline (extrapolated "
+            f"from a timed slice of batches): **{rec['ratio']:.2f}x** less time ({how}: "
             f"[{Path(rec['_path']).name}]({link(rec['_path'], base)}))."
         )]
-    lines += ["", (f"Test accuracy per epoch, every seed of every model: "
-                  f"[test_curves.png]({link(DOCS + '/figures/test_curves.png', base)}).")]
+    figs = link(DOCS + "/figures", base)
+    lines += ["", f"![test accuracy per epoch, every seed of the final and the tiny model]({figs}/{ROLE_CURVES})", "",
+              f"The same for every model: [test_curves.png]({figs}/test_curves.png)."]
     return "\n".join(lines)
 
 
@@ -655,6 +656,15 @@ def update_readme(readme: Path, results: Path, write: bool = True) -> bool:
     return update_page(readme, results, write)
 
 
+ROLE_CURVES = "role_curves.png"  # the README's figure: the test curves of the final and the tiny model
+
+
+def role_records(results: Path) -> dict[str, list[dict]]:
+    """The records of the models holding a role, keyed "Model_N (role)" for the figure's panel titles."""
+    holders = {g.role: role_holder(g.role) for g in GOALS}  # final first, as in the results box
+    return {f"{name} ({role})": load_records(results, name) for role, name in holders.items() if name}
+
+
 def draw_figures(results: Path, fig_dir: Path, data_dir=None) -> list[Path]:
     """The figures of the README: curves from the records, mistakes and confusion of the final model."""
     from . import figures
@@ -664,9 +674,10 @@ def draw_figures(results: Path, fig_dir: Path, data_dir=None) -> list[Path]:
     from .records import load_checkpoint
 
     by_model = {m: load_records(results, m) for m in REGISTRY}
-    made = [fig_dir / "test_curves.png", fig_dir / "train_vs_test.png"]
+    made = [fig_dir / "test_curves.png", fig_dir / "train_vs_test.png", fig_dir / ROLE_CURVES]
     figures.test_curves(by_model, made[0], TARGET)
     figures.train_vs_test(by_model, made[1])
+    figures.test_curves(role_records(results), made[2], TARGET, "every seed of the final and the tiny model")
     final = get_entry("final").name
     ckpt = results / final / "seed1.pt"
     if ckpt.is_file():
