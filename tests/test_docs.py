@@ -56,7 +56,7 @@ def test_every_relative_link_and_anchor_resolves(page):
     assert not broken, broken
 
 
-def test_git_commit_names_the_checkout_and_flags_uncommitted_changes():
+def test_git_commit_names_the_checkout():
     from tinymnist import records
 
     if not (ROOT / ".git").exists():
@@ -89,3 +89,35 @@ def test_report_check_fails_in_one_line_on_a_stale_page(tmp_path, monkeypatch, c
     assert main(argv) == 2
     err = capsys.readouterr().err
     assert len(err.strip().splitlines()) == 1 and "page.md" in err and "README" not in err
+
+
+def test_git_commit_flags_uncommitted_changes_to_the_package(tmp_path):
+    """A copy of the package in a checkout of its own: "<sha>" when clean, "<sha>+dirty" once a file of the
+    package changes; a new record in results/ (untracked) or a change outside the package does not count."""
+    import os
+    import shutil
+    import sys
+
+    shutil.copytree(ROOT / "src" / "tinymnist", tmp_path / "src" / "tinymnist",
+                    ignore=shutil.ignore_patterns("weights", "__pycache__"))
+    (tmp_path / "notes.md").write_text("a\n")
+
+    def git(*args):
+        return subprocess.run(["git", "-c", "user.name=t", "-c", "user.email=t@t", *args], cwd=tmp_path,
+                              capture_output=True, text=True, check=True).stdout.strip()
+
+    git("init", "-q")
+    git("add", "-A")
+    git("commit", "-q", "-m", "copy")
+    sha = git("rev-parse", "HEAD")
+    probe = [sys.executable, "-c", "from tinymnist.records import git_commit; print(git_commit())"]
+    env = {**os.environ, "PYTHONPATH": str(tmp_path / "src")}
+
+    def commit():
+        return subprocess.run(probe, cwd=ROOT.parent, env=env, capture_output=True, text=True, check=True).stdout.strip()
+
+    (tmp_path / "notes.md").write_text("b\n")  # outside the package
+    assert commit() == sha
+    with open(tmp_path / "src" / "tinymnist" / "report.py", "a") as f:
+        f.write("# changed\n")
+    assert commit() == f"{sha}+dirty"
