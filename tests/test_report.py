@@ -224,3 +224,16 @@ def test_links_are_relative_to_the_page(tmp_path, monkeypatch):
     full_records(Path("results") / "Model_9", [[9950] * 15] * 2)
     text = step_results(Path("results"), "Model_9", "docs")
     assert "(../results/Model_9/seed1.json)" in text and "(results.md#consistency-across-seeds)" in text
+
+
+def test_the_overview_gives_each_step_its_path_and_links_its_heading(monkeypatch):
+    from conftest import ROOT
+
+    from tinymnist.report import overview
+
+    monkeypatch.chdir(ROOT)
+    rows = overview(Path("results"), "docs", "### Step 41: the last (`Model_41`)\n").splitlines()[2:]
+    path = {int(r.split(" | ")[0].strip("| []").split("]")[0]): r.rsplit(" | ", 1)[1].rstrip(" |") for r in rows}
+    assert path[1] == path[6] == "reference" and path[7] == path[11] == "final"
+    assert path[8] == path[14] == "tiny" and path[22] == "speed" and path[41] == "speed, **final model**"
+    assert rows[40].startswith("| [41](#step-41-the-last-model_41) |") and rows[0].startswith("| 1 |")

@@ -4,6 +4,10 @@ A generated section is the text between `<!-- BEGIN key -->` and `<!-- END key -
 such section of a page from the records in `results/` (runs) and `results/bench/` (timings) and from the
 registry, so no figure in the README or the docs is typed by hand. Links in a section are made relative to
 the page's folder, so the same section works in README.md and in docs/.
+
+Section keys: `headline` (the README's results box), `overview` (one row per step), `step:MODEL` (a step's
+Results), `seeds`, `seed-detail:MODEL`, `verdict:MODEL`, `targets`, `final-choice` (the rule and the
+margins), `val:MODEL`, `models`, `summary:MODEL`, `bench`, `baseline-method`, `null-commits`.
 """
 
 from __future__ import annotations
