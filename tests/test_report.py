@@ -1,4 +1,5 @@
 import json
+from pathlib import Path
 
 import pytest
 
@@ -45,7 +46,7 @@ def test_sections_are_rewritten_and_unknown_ones_refused(tmp_path):
     out = render_readme(text, tmp_path)
     assert "stale" not in out and "| Model_6 | 7,624 | 28 |" in out and out.startswith("a\n") and out.endswith("b\n")
     assert render_readme(out, tmp_path) == out
-    with pytest.raises(ReportError, match="unknown README section"):
+    with pytest.raises(ReportError, match="unknown generated section"):
         render_readme("<!-- BEGIN nonsense -->\n<!-- END nonsense -->", tmp_path)
 
 
@@ -165,3 +166,62 @@ def test_a_same_network_row_says_how_many_repetitions_its_median_is_of(tmp_path)
     rows = [line for line in bench_tables(tmp_path).splitlines() if "vs baseline batch 64" in line]
     assert "| 1-seven.json training, median of 7 alternating repetitions, project batch 64" in rows[0]
     assert "| 2-one.json training, project batch 64" in rows[1]
+
+
+def full_records(folder: Path, per_seed: list[list[int]], commit="abc", val=None):
+    """Records whose epochs carry `test_correct` (of 10,000) and, for a validation run, `val_acc`."""
+    folder.mkdir(parents=True)
+    for seed, correct in enumerate(per_seed, 1):
+        epochs = [{"epoch": i + 1, "test_correct": c, "test_acc": c / 100, "train_acc": c / 100, "train_loss": 0.1,
+                   "test_loss": 0.1, "lr": 0.01, "seconds": 1.0, **({"val_acc": c / 100} if val else {})}
+                  for i, c in enumerate(correct)]
+        rec = {"seed": seed, "params": 7568, "epochs": epochs, "git_commit": commit, "val": val}
+        (folder / f"seed{seed}.json").write_text(json.dumps(rec))
+
+
+def test_the_final_choice_gives_the_rule_the_change_and_the_margins_from_the_records(tmp_path):
+    """The margin in test digits is counted, not rounded: 4 digits over 250,000 is a mean of 99.5016."""
+    from tinymnist.report import final_choice
+
+    full_records(tmp_path / "Model_26", [[9000] * 10 + [9951] * 5] * 5)
+    full_records(tmp_path / "Model_41", [[9000] * 10 + [9950] * 5] * 4 + [[9000] * 10 + [9950] * 4 + [9954]])
+    full_records(tmp_path / "val" / "Model_41", [[9000] * 10 + [9936, 9938, 9943, 9942, 9942]], val=10_000)
+    text = final_choice(tmp_path)
+    assert "the rule picks Model_26" in text and "4.0 times fewer" in text
+    assert "99.5016 %, 0.0016 points above 99.50 %: 248,754 of the 250,000 test digits" in text
+    assert "4 more than 99.50 % asks for" in text
+    assert "Model_41 does not hold 99.40 %" in text and "mean 99.402 %, minimum 99.36 %" in text
+
+
+def test_records_without_a_commit_are_listed(tmp_path):
+    from tinymnist.report import null_commits
+
+    full_records(tmp_path / "Model_9", [[9950] * 15] * 2)
+    full_records(tmp_path / "Model_10", [[9950] * 15] * 3, commit=None)
+    full_records(tmp_path / "val" / "Model_10", [[9950] * 15], commit=None, val=10_000)
+    text = null_commits(tmp_path)
+    assert text.startswith("4 of the 6 run records name no commit")
+    assert "Model_10" in text and "seeds 1-3" in text and "val/Model_10" in text and "Model_9" not in text
+
+
+def test_links_are_relative_to_the_page(tmp_path, monkeypatch):
+    from tinymnist.report import link, step_results
+
+    assert link("results/Model_9/seed1.json") == "results/Model_9/seed1.json"
+    assert link("results/Model_9/seed1.json", "docs") == "../results/Model_9/seed1.json"
+    monkeypatch.chdir(tmp_path)
+    full_records(Path("results") / "Model_9", [[9950] * 15] * 2)
+    text = step_results(Path("results"), "Model_9", "docs")
+    assert "(../results/Model_9/seed1.json)" in text and "(results.md#consistency-across-seeds)" in text
+
+
+def test_the_overview_gives_each_step_its_path_and_links_its_heading(monkeypatch):
+    from conftest import ROOT
+    from tinymnist.report import overview
+
+    monkeypatch.chdir(ROOT)
+    rows = overview(Path("results"), "docs", "### Step 41: the last (`Model_41`)\n").splitlines()[2:]
+    path = {int(r.split(" | ")[0].strip("| []").split("]")[0]): r.rsplit(" | ", 1)[1].rstrip(" |") for r in rows}
+    assert path[1] == path[6] == "reference" and path[7] == path[11] == "final"
+    assert path[8] == path[14] == "tiny" and path[22] == "speed" and path[41] == "speed, **final model**"
+    assert rows[40].startswith("| [41](#step-41-the-last-model_41) |") and rows[0].startswith("| 1 |")

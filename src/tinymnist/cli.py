@@ -359,16 +359,18 @@ def cmd_report(args) -> None:
     from .records import WEIGHTS_DIR
 
     results = Path(args.results)
-    changed = report.update_readme(Path(args.readme), results, write=not args.check)
-    print(f"{args.readme}: {'out of date' if args.check and changed else 'updated' if changed else 'up to date'}")
+    pages = report.pages(Path(args.readme), Path(args.docs))
+    changed = [str(page) for page in pages if report.update_page(page, results, write=not args.check)]
+    if args.check and changed:
+        raise UsageError(f"out of date with the records in {args.results}: {', '.join(changed)} "
+                         "(run `tinymnist report`)")
+    print(f"{', '.join(changed)}: updated" if changed else f"{len(pages)} pages up to date")
     if not args.check:
         for path in report.ship_weights(results, WEIGHTS_DIR):
             print(f"shipped {path}")
         if not args.no_figures:
             for path in report.draw_figures(results, Path(args.figures), args.data_dir):
                 print(f"drew {path}")
-    if args.check and changed:
-        raise UsageError(f"{args.readme} was out of date with the records in {args.results}")
 
 
 # --- parser ------------------------------------------------------------------------------------------
@@ -452,11 +454,12 @@ def build_parser() -> Parser:
     s.add_argument("--json", action="store_true")
     s.set_defaults(func=cmd_bench)
 
-    s = sub.add_parser("report", help="regenerate the README's result sections from the run records")
+    s = sub.add_parser("report", help="regenerate the generated sections of README.md and docs/*.md from the records")
     s.add_argument("--results", default=str(RESULTS_DIR), help="folder of run records (default results/)")
     s.add_argument("--readme", default="README.md")
+    s.add_argument("--docs", default="docs", help="folder of the documentation pages (every *.md in it)")
     s.add_argument("--check", action="store_true",
-                   help="only check: fail (exit 2) if the README was out of date; draw and ship nothing")
+                   help="only check: fail (exit 2) if a page was out of date; draw and ship nothing")
     s.add_argument("--figures", default="docs/figures", help="folder for the PNG figures")
     s.add_argument("--no-figures", action="store_true")
     s.add_argument("--data-dir", help="MNIST folder, for the final model's mistakes and confusion matrix")

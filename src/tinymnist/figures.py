@@ -40,8 +40,8 @@ def _panels(plt, records_by_model: dict[str, list[dict]]):
     return fig, axes, list(zip(axes.flat, models))
 
 
-def test_curves(records_by_model: dict[str, list[dict]], path: Path, target: float) -> None:
-    """Test accuracy per epoch, one line per seed, one panel per model."""
+def test_curves(records_by_model: dict[str, list[dict]], path: Path, target: float, what: str = "every seed") -> None:
+    """Test accuracy per epoch, one line per seed, one panel per model (titled by its key)."""
     plt = _plt()
     fig, axes, panels = _panels(plt, records_by_model)
     for ax, model in panels:
@@ -57,7 +57,7 @@ def test_curves(records_by_model: dict[str, list[dict]], path: Path, target: flo
         ax.set_xlabel("epoch")
         ax.grid(alpha=0.3)
     axes[0, 0].set_ylabel("test accuracy (%)")
-    fig.suptitle(f"Test accuracy per epoch, every seed (dashed: {target:.2f} %)")
+    fig.suptitle(f"Test accuracy per epoch, {what} (dashed: {target:.2f} %)")
     _save(fig, path)
     plt.close(fig)
 

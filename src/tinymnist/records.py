@@ -38,15 +38,28 @@ def record_path(out: Path, model: str, seed: int) -> Path:
 
 
 def git_commit() -> str | None:
-    """The commit of the source tree this package runs from, if it is a git checkout."""
+    """The commit of the source tree this package runs from: "<sha>", or "<sha>+dirty" when tracked files of
+    the package's folder had uncommitted changes; None only outside a git checkout (an installed copy).
+
+    Git runs in the package's own folder, whatever the current directory, and is told to trust it: a
+    checkout owned by another user (a shared machine, a container) otherwise makes `git` refuse to answer."""
+    here = Path(__file__).resolve().parent
+
+    def git(*args: str) -> str:
+        return subprocess.run(
+            # the checkout is the one this code runs from, so trusting its git config adds no new risk
+            ["git", "-c", "safe.directory=*", *args],
+            cwd=here, capture_output=True, text=True, timeout=10, check=True,
+        ).stdout.strip()
+
     try:
-        here = Path(__file__).resolve().parent
-        out = subprocess.run(
-            ["git", "rev-parse", "HEAD"], cwd=here, capture_output=True, text=True, timeout=5, check=True
-        )
-        return out.stdout.strip() or None
+        sha = git("rev-parse", "HEAD")
+        if not sha:
+            return None
+        dirty = git("status", "--porcelain", "--untracked-files=no", "--", ".")
     except (OSError, subprocess.SubprocessError):
         return None
+    return f"{sha}+dirty" if dirty else sha
 
 
 def save_checkpoint(path: Path, model_name: str, model: nn.Module, recipe: Recipe, **meta) -> None:

@@ -1,15 +1,23 @@
-"""Results as data: verdicts from a run's history, and the README's result sections generated from the records.
+"""Results as data: verdicts from a run's history, and the generated sections of README.md and docs/*.md.
 
-A README section is the text between `<!-- BEGIN key -->` and `<!-- END key -->`; `render_readme` rewrites
-every such section from the records in `results/`, so no figure in the README is typed by hand.
+A generated section is the text between `<!-- BEGIN key -->` and `<!-- END key -->`; `render` rewrites every
+such section of a page from the records in `results/` (runs) and `results/bench/` (timings) and from the
+registry, so no figure in the README or the docs is typed by hand. Links in a section are made relative to
+the page's folder, so the same section works in README.md and in docs/.
+
+Section keys: `headline` (the README's results box), `overview` (one row per step), `step:MODEL` (a step's
+Results), `seeds`, `seed-detail:MODEL`, `verdict:MODEL`, `targets`, `final-choice` (the rule and the
+margins), `val:MODEL`, `models`, `summary:MODEL`, `bench`, `baseline-method`, `null-commits`.
 """
 
 from __future__ import annotations
 
 import json
+import posixpath
 import re
 import statistics
 from dataclasses import dataclass
+from fractions import Fraction
 from pathlib import Path
 
 from .errors import TinyMnistError
@@ -19,6 +27,9 @@ from .summary import format_summary, summary_dict
 TARGET = 99.40  # test accuracy (percent) the exercise asks to hold
 HOLD = 5  # ... in each of the last HOLD epochs (the reference held it in epochs 11 to 15)
 TRAIN_IMAGES = 60_000  # MNIST's training set: every judged record trained on all of it, a validation run on part
+DOCS = "docs"  # the folder of the documentation pages, beside README.md
+REFERENCE_STEPS = 6  # Model_1 ... Model_6 reproduce the reference progression
+SPEED_FROM = 22  # the first step whose target is a shorter training run (steps 22 on: the speed path)
 
 
 @dataclass(frozen=True)
@@ -42,6 +53,17 @@ GOALS = (Goal("final", 7_999, hold=5, min_mean=99.50), Goal("tiny", 4_000, hold=
 
 class ReportError(TinyMnistError):
     pass
+
+
+def link(path: str | Path, base: str = ".") -> str:
+    """`path` (relative to the project's root, where `tinymnist report` runs) as seen from the folder `base`."""
+    path = Path(path).as_posix()
+    return path if base in (".", "") else posixpath.relpath(path, base)
+
+
+def slug(heading: str) -> str:
+    """The anchor GitHub gives a heading: lower case, punctuation dropped, spaces as hyphens."""
+    return re.sub(r"[^\w\- ]", "", heading.strip().lower()).replace(" ", "-")
 
 
 def epoch_ranges(epochs: list[int]) -> str:
@@ -130,15 +152,16 @@ def training_steps(name: str) -> int:
     return steps
 
 
-def roles_from_records(results: Path) -> dict[str, str | None]:
-    """Which model each role would go to by the rule in `model.ROLES`'s comment, judged from the records (shown
-    beside the roles as decided; nothing assigns roles from it). "final": of the models that meet its goal, the one
+def roles_from_records(results: Path, names=None) -> dict[str, str | None]:
+    """Which model each role would go to by the rule in `model.ROLES`'s comment, judged from the records of the
+    models `names` (default: every one); shown beside the roles as decided, nothing assigns roles from it.
+    "final": of the models that meet its goal, the one
     cheapest to train (`training_steps`), then the one with the highest mean; while none meets it, the best
     of the models with enough seeds under the budget: those that hold on every seed first, then by mean (the
     main job must train something). "tiny": the smallest model that meets its goal, else nobody."""
     roles: dict[str, str | None] = {}
     for goal in GOALS:
-        scored = {n: assess(load_records(results, n), goal) for n in REGISTRY}
+        scored = {n: assess(load_records(results, n), goal) for n in (REGISTRY if names is None else names)}
         met = [n for n, a in scored.items() if a["met"]]
         if goal.role == "tiny":
             roles["tiny"] = min(met, key=lambda n: scored[n]["params"], default=None)
@@ -188,7 +211,7 @@ def targets_table(results: Path) -> str:
     return "\n".join(lines)
 
 
-def step_results(results: Path, model: str) -> str:
+def step_results(results: Path, model: str, base: str = ".") -> str:
     records = require_records(results, model)
     rec = records[0]
     h = rec["epochs"]
@@ -197,16 +220,23 @@ def step_results(results: Path, model: str) -> str:
     hold = REGISTRY[model].hold
     v = verdict(h, hold=hold)
     lines = [
-        f"- Parameters: {rec['params']:,}; seed {rec['seed']}, {len(h)} epochs "
-        f"([record]({rec['_path']}))",
+        (f"- Parameters: {rec['params']:,}; seed {rec['seed']}, {len(h)} epochs "
+         f"([record]({link(rec['_path'], base)}))"),
         f"- Best train accuracy: {train:.2f}% (epoch {train_ep}); best test accuracy: {test:.2f}% (epoch {test_ep})",
-        f"- Last epoch: train {h[-1]['train_acc']:.2f}%, test {h[-1]['test_acc']:.2f}% "
-        f"(train - test: {h[-1]['train_acc'] - h[-1]['test_acc']:+.2f} points)",
-        f"- Epochs at >= {TARGET:.2f}%: {epoch_ranges(v['above'])}; held in each of the last {hold}: "
-        f"{'yes' if v['held'] else 'no'}",
+        (f"- Last epoch: train {h[-1]['train_acc']:.2f}%, test {h[-1]['test_acc']:.2f}% "
+         f"(train - test: {h[-1]['train_acc'] - h[-1]['test_acc']:+.2f} points)"),
+        (f"- Epochs at >= {TARGET:.2f}%: {epoch_ranges(v['above'])}; held in each of the last {hold}: "
+         f"{'yes' if v['held'] else 'no'}"),
     ]
     if len(records) > 1:
-        lines.append(f"- Over {len(records)} seeds: see [consistency across seeds](#consistency-across-seeds)")
+        held, mean = held_and_mean(records, hold)
+        everyone = f"{link(DOCS + '/results.md', base)}#consistency-across-seeds"
+        lines += [
+            (f"- Over {len(records)} seeds: held in each of the last {hold} epochs on {held} of {len(records)}, "
+             f"mean of those epochs {mean:.3f}% ([all models]({everyone})); test accuracy per epoch, seed by seed:"),
+            "",
+            seed_detail(results, model),
+        ]
     lines += [
         "",
         "<details><summary>Per-epoch log</summary>",
@@ -225,8 +255,8 @@ def step_results(results: Path, model: str) -> str:
 
 def seeds_table(results: Path) -> str:
     lines = [
-        f"| model | params | seeds | mean of last {HOLD} | std | min of last {HOLD} | best | "
-        "mean of the last K, K of its target | verdict |",
+        (f"| model | params | seeds | mean of last {HOLD} | std | min of last {HOLD} | best | "
+         "mean of the last K, K of its target | verdict |"),
         "|---|---:|---:|---:|---:|---:|---:|---:|---|",
     ]
     for model in REGISTRY:
@@ -274,7 +304,7 @@ def verdict_sentence(results: Path, model: str) -> str:
     )
 
 
-def val_section(results: Path, model: str) -> str:
+def val_section(results: Path, model: str, base: str = ".") -> str:
     """What a held-out validation split says, next to the test set, for a `--val` run of `model`."""
     records = require_records(results / "val", model)
     rec = records[0]
@@ -282,30 +312,40 @@ def val_section(results: Path, model: str) -> str:
     by_val = max(h, key=lambda r: (r["val_acc"], r["epoch"]))  # ties: the later epoch
     by_test = max(h, key=lambda r: (r["test_acc"], r["epoch"]))
     lines = [
-        f"{model}, seed {rec['seed']}, trained on the first {TRAIN_IMAGES - rec['val']:,} training images with the "
-        "last "
-        f"{rec['val']:,} held out ([record]({rec['_path']})):",
+        (f"{model}, seed {rec['seed']}, trained on the first {TRAIN_IMAGES - rec['val']:,} training images with "
+         f"the last {rec['val']:,} held out ([record]({link(rec['_path'], base)})):"),
         "",
         "| epoch | " + " | ".join(str(r["epoch"]) for r in h) + " |",
         "|---|" + "---:|" * len(h),
         "| validation acc | " + " | ".join(f"{r['val_acc']:.2f}" for r in h) + " |",
         "| test acc | " + " | ".join(f"{r['test_acc']:.2f}" for r in h) + " |",
         "",
-        f"Choosing the epoch by validation accuracy picks epoch {by_val['epoch']} "
-        f"(validation {by_val['val_acc']:.2f} %),"
-        f" whose test accuracy is {by_val['test_acc']:.2f} %; choosing by test accuracy would pick epoch "
-        f"{by_test['epoch']} ({by_test['test_acc']:.2f} %). The last {HOLD} epochs average "
-        f"{statistics.mean(r['val_acc'] for r in h[-HOLD:]):.2f} % on validation and "
-        f"{statistics.mean(r['test_acc'] for r in h[-HOLD:]):.2f} % on test.",
+        (f"Choosing the epoch by validation accuracy picks epoch {by_val['epoch']} "
+         f"(validation {by_val['val_acc']:.2f} %),"
+         f" whose test accuracy is {by_val['test_acc']:.2f} %; choosing by test accuracy would pick epoch "
+         f"{by_test['epoch']} ({by_test['test_acc']:.2f} %). The last {HOLD} epochs average "
+         f"{statistics.mean(r['val_acc'] for r in h[-HOLD:]):.2f} % on validation and "
+         f"{statistics.mean(r['test_acc'] for r in h[-HOLD:]):.2f} % on test."),
     ]
+    full = [r for r in load_records(results, model) if r["seed"] == rec["seed"]]
+    if full:
+        lines[-1] += (f" Its last epoch tests at {h[-1]['test_acc']:.2f} %; the full-data run of the same seed "
+                      f"ends at {full[0]['epochs'][-1]['test_acc']:.2f} %.")
     return "\n".join(lines)
+
+
+def step_target(entry) -> str:
+    """The registry's one-line target of a step, its teacher named: "the final model" in a taught step's
+    target meant the model that held the role then, which the recipe names (Models 13 and 17: Model_11)."""
+    teacher = entry.recipe.teacher
+    return entry.target.replace("the final model", teacher) if teacher else entry.target
 
 
 def models_table() -> str:
     lines = ["| model | params | RF | target |", "|---|---:|---:|---|"]
     for name, entry in REGISTRY.items():
         info = summary_dict(name, create_model(name))
-        lines.append(f"| {name} | {info['params']:,} | {info['rf']} | {entry.target} |")
+        lines.append(f"| {name} | {info['params']:,} | {info['rf']} | {step_target(entry)} |")
     return "\n".join(lines)
 
 
@@ -315,13 +355,9 @@ def _numbered(path: Path) -> tuple[int, str]:
     return (int(head) if head.isdigit() else 1 << 30, path.name)
 
 
-def bench_tables(results: Path) -> str:
+def bench_tables(results: Path, base: str = ".") -> str:
     """The Performance figures, from the records that `tinymnist bench --save` wrote to results/bench/."""
-    recs = []
-    for path in sorted((results / "bench").glob("*.json"), key=_numbered):
-        rec = json.loads(path.read_text())
-        rec["_path"] = path.as_posix()
-        recs.append(rec)
+    recs = bench_records(results)
     if not recs:
         raise ReportError(f"no benchmark records in {results}/bench/")
     lines = [
@@ -340,7 +376,7 @@ def bench_tables(results: Path) -> str:
                 "batch 64 | "
                 f"{rec['fast_img_s']:,.0f} img/s ({rec['fast_gflop_s']:.1f} GFLOP/s) | "
                 f"{rec['baseline_img_s']:,.0f} img/s ({rec['baseline_gflop_s']:.1f} GFLOP/s) | "
-                f"**{rec['ratio']:.2f}x** | [{Path(rec['_path']).name}]({rec['_path']}) |"
+                f"**{rec['ratio']:.2f}x** | [{Path(rec['_path']).name}]({link(rec['_path'], base)}) |"
             )
         else:
             runs = rec.get("repeat", 1)
@@ -349,13 +385,13 @@ def bench_tables(results: Path) -> str:
             lines.append(
                 f"| {rec['epochs']} epochs with evaluation{how}: {rec['model']} (own recipe{taught}) vs "
                 f"{rec['reference']} (baseline) | {rec['fast_seconds']:.1f} s | {rec['baseline_seconds']:.1f} s | "
-                f"**{rec['ratio']:.2f}x** | [{Path(rec['_path']).name}]({rec['_path']}) |"
+                f"**{rec['ratio']:.2f}x** | [{Path(rec['_path']).name}]({link(rec['_path'], base)}) |"
             )
     for rec in options:
         rounds = len(rec["options"][0].get("runs", [None]))
         how = f", median of {rounds} rounds" if rounds > 1 else ", one round"
-        lines += ["", f"Speed options of the project pipeline on {rec['model']}{how} "
-                      f"([{Path(rec['_path']).name}]({rec['_path']})):", "",
+        lines += ["", (f"Speed options of the project pipeline on {rec['model']}{how} "
+                      f"([{Path(rec['_path']).name}]({link(rec['_path'], base)})):"), "",
                   "| variant | batch | images/s | vs the recipe |", "|---|---:|---:|---:|"]
         first = rec["options"][0]["img_s"]
         for row in rec["options"]:
@@ -372,16 +408,204 @@ def bench_tables(results: Path) -> str:
     return "\n".join(lines)
 
 
-def section(key: str, results: Path) -> str:
+def role_holder(role: str) -> str | None:
+    """The model the registry gives `role` to, or None."""
+    return next((e.name for e in REGISTRY.values() if e.role == role), None)
+
+
+def bench_records(results: Path) -> list[dict]:
+    """The benchmark records of `results/bench/`, in their numbered order, each with its `_path`."""
+    recs = []
+    for path in sorted((results / "bench").glob("*.json"), key=_numbered):
+        rec = json.loads(path.read_text())
+        rec["_path"] = path.as_posix()
+        recs.append(rec)
+    return recs
+
+
+def end_to_end_record(results: Path, model: str) -> dict | None:
+    """The latest whole-run benchmark of `model` (the highest-numbered one), or None."""
+    runs = [r for r in bench_records(results) if r.get("model") == model and "fast_seconds" in r]
+    return runs[-1] if runs else None
+
+
+def test_digits(records: list[dict], hold: int) -> tuple[int, int]:
+    """Test digits classified right, and evaluated, over the last `hold` epochs of every record."""
+    rows = [r for rec in records for r in rec["epochs"][-hold:]]
+    right = sum(r["test_correct"] for r in rows)
+    total = sum(round(r["test_correct"] * 100 / r["test_acc"]) for r in rows)
+    return right, total
+
+
+def _count(x: Fraction) -> str:
+    return f"{x.numerator:,}" if x.denominator == 1 else f"{float(x):,.1f}"
+
+
+def headline(results: Path, base: str = ".") -> str:
+    """The README's results box: the final and the tiny model, and the final model's whole training run."""
+    lines = [
+        "| role | model | parameters | seeds held | mean of the judged epochs | target |",
+        "|---|---|---:|---|---:|---|",
+    ]
+    for goal in GOALS:
+        name = role_holder(goal.role)
+        if name is None:
+            lines.append(f"| **{goal.role}** | none yet | | | | not met |")
+            continue
+        a = assess(load_records(results, name), goal)
+        lines.append(
+            f"| **{goal.role}** | [{name}]({link(DOCS + '/results.md', base)}#{slug(name)}) | {a['params']:,} | "
+            f"{a['held']} of {a['seeds']} (last {goal.hold} epochs >= {TARGET:.2f} %) | {a['mean']:.3f} % | "
+            f"{'met' if a['met'] else 'not met'} |"
+        )
+    lines += ["", "Targets, judged from the records over every seed: " + "; ".join(g.describe() for g in GOALS) + "."]
+    final = role_holder("final")
+    rec = end_to_end_record(results, final) if final else None
+    if rec:
+        m = rec["machine"]
+        runs = rec.get("repeat", 1)
+        how = f"medians of {runs} runs alternating with the baseline's" if runs > 1 else "one run of each"
+        lines += ["", (
+            f"{final}'s whole training run ({rec['epochs']} epochs, evaluated after each) takes "
+            f"**{rec['fast_seconds']:.1f} s** on this {m['cores']}-core CPU ({m['cpu']}), against "
+            f"{rec['baseline_seconds']:.1f} s for {rec['reference']}'s run with the reference's pipeline (extrapolated "
+            f"from a timed slice of batches): **{rec['ratio']:.2f}x** less time ({how}: "
+            f"[{Path(rec['_path']).name}]({link(rec['_path'], base)}))."
+        )]
+    figs = link(DOCS + "/figures", base)
+    lines += ["", f"![test accuracy per epoch, every seed of the final and the tiny model]({figs}/{ROLE_CURVES})", "",
+              f"The same for every model: [test_curves.png]({figs}/test_curves.png)."]
+    return "\n".join(lines)
+
+
+def final_choice(results: Path, base: str = ".") -> str:
+    """How the final model is chosen, which model the rule picked before the present one, and its margins."""
+    goal = GOALS[0]
+    final = role_holder("final")
+    if final is None:
+        return "No model holds the final role."
+    names = list(REGISTRY)
+    scored = {n: assess(load_records(results, n), goal) for n in names}
+    met = [n for n in names if scored[n]["met"]]
+    prior = roles_from_records(results, names[: names.index(final)])["final"]
+
+    def who(n: str) -> str:
+        return f"{n} ({training_steps(n):,} steps, mean {scored[n]['mean']:.3f} %)"
+
+    lines = [
+        f"- **The rule** (`report.roles_from_records`): of the models that meet the final target ({goal.describe()}), "
+        "the final model is the one that trains in the fewest optimizer steps, its teachers' runs included "
+        "(`report.training_steps`); the higher mean breaks a tie; while none meets it, the role goes to the best "
+        "of those that hold on every seed. Models that meet the target: "
+        + (", ".join(who(n) for n in met) or "none") + ".",
+    ]
+    if prior and prior != final and met:
+        by_mean = max(met, key=lambda n: scored[n]["mean"])
+        lines.append(
+            f"- **It changed when {final} arrived.** Over the models before it, the rule picks {who(prior)}; "
+            f"{final} meets the target in {training_steps(final):,} steps, "
+            f"{training_steps(prior) / training_steps(final):.1f} times fewer. By the highest mean alone the role "
+            f"would go to {by_mean}."
+        )
+    recs = load_records(results, final)
+    a = assess(recs, goal)
+    right, total = test_digits(recs, goal.hold)
+    need = Fraction(str(goal.min_mean)) / 100 * total
+    lines.append(
+        f"- **Margin on the test set.** {final}'s mean over the last {goal.hold} epochs of its {a['seeds']} seeds is "
+        f"{a['mean']:.4f} %, {abs(a['mean'] - goal.min_mean):.4f} points {'above' if right >= need else 'below'} "
+        f"{goal.min_mean:.2f} %: {right:,} of the {total:,} test digits evaluated in those epochs are right, "
+        f"{_count(abs(right - need))} {'more' if right >= need else 'fewer'} than {goal.min_mean:.2f} % asks for."
+    )
+    val = load_records(results / "val", final)
+    if val:
+        rec = val[0]
+        last = [r["val_acc"] for r in rec["epochs"][-goal.hold:]]
+        held = min(last) >= TARGET
+        lines.append(
+            f"- **On the validation protocol** (seed {rec['seed']}, trained on the first {TRAIN_IMAGES - rec['val']:,} "
+            f"training images, judged on the last {rec['val']:,}: [record]({link(rec['_path'], base)})), {final} "
+            f"{'holds' if held else 'does not hold'} {TARGET:.2f} % in each of its last {goal.hold} epochs: "
+            f"validation accuracy {', '.join(f'{x:.2f}' for x in last)}, mean {statistics.mean(last):.3f} %, "
+            f"minimum {min(last):.2f} %."
+        )
+    return "\n".join(lines)
+
+
+def overview(results: Path, base: str = ".", text: str = "") -> str:
+    """One row per step: what changed, parameters, seeds held, mean, and its path (reference, final, tiny,
+    speed). A step links to its `### Step N:` heading in `text`, the page the table is on."""
+    tiny = next(g for g in GOALS if g.role == "tiny")
+    lines = ["| step | what changed | parameters | seeds held | mean of the last K epochs | path |",
+             "|---:|---|---:|---|---:|---|"]
+    for n, (name, entry) in enumerate(REGISTRY.items(), 1):
+        records = load_records(results, name)
+        params = records[0]["params"] if records else summary_dict(name, create_model(name))["params"]
+        heading = re.search(rf"^### (Step {n}:.*)$", text, re.MULTILINE)
+        step = f"[{n}](#{slug(heading.group(1))})" if heading else str(n)
+        path = ("reference" if n <= REFERENCE_STEPS else "tiny" if params <= tiny.max_params
+                else "speed" if n >= SPEED_FROM else "final")
+        if entry.role:
+            path += f", **{entry.role} model**"
+        if records:
+            held, mean = held_and_mean(records, entry.hold)
+            seeds, avg = f"{held} of {len(records)}", f"{mean:.3f} (K = {entry.hold})"
+        else:
+            seeds, avg = "no records", ""
+        lines.append(f"| {step} | `{name}`: {step_target(entry)} | {params:,} | {seeds} | {avg} | {path} |")
+    return "\n".join(lines)
+
+
+def null_commits(results: Path, base: str = ".") -> str:
+    """Which records name no commit (`git_commit: null`): their code cannot be traced to a commit."""
+    found, total = {}, 0
+    for path in sorted(results.glob("**/seed*.json")):
+        rec = json.loads(path.read_text())
+        total += 1
+        if rec.get("git_commit") is None:
+            found.setdefault(path.parent, []).append(rec["seed"])
+    if not found:
+        return f"Every one of the {total} run records names its commit."
+    lines = [f"{sum(map(len, found.values()))} of the {total} run records name no commit (`git_commit: null`):", ""]
+    for folder in sorted(found, key=lambda f: (f.parent.name == "val", _step_number(f.name))):
+        lines.append(f"- [{folder.relative_to(results).as_posix()}]({link(folder, base)}): seeds "
+                     f"{epoch_ranges(sorted(found[folder]))}")
+    return "\n".join(lines)
+
+
+def _step_number(name: str) -> int:
+    tail = name.rsplit("_", 1)[-1]
+    return int(tail) if tail.isdigit() else 1 << 30
+
+
+def baseline_method(results: Path, base: str = ".") -> str:
+    """How the end-to-end records time the baseline: extrapolated from a slice of batches, not a whole run."""
+    import inspect
+
+    from . import bench
+
+    param = inspect.signature(bench.end_to_end).parameters.get("baseline_batches")
+    batches = f"{param.default} batches" if param is not None and param.default is not inspect.Parameter.empty \
+        else "a slice of batches"
+    rows = [r for r in bench_records(results) if "fast_seconds" in r]
+    return (
+        f"The baseline side of the {len(rows)} end-to-end records is not a measured whole run: `bench.end_to_end` "
+        f"times the baseline pipeline on {batches} (`baseline_batches`), scales that rate to full epochs and adds "
+        "one timed evaluation per epoch. Every end-to-end ratio in the table above rests on that extrapolation."
+    )
+
+
+def section(key: str, results: Path, base: str = ".", text: str = "") -> str:
+    """The body of the generated section `key`, for a page in the folder `base` whose text is `text`."""
     kind, _, arg = key.partition(":")
     if kind == "step":
-        return step_results(results, arg)
+        return step_results(results, arg, base)
     if kind == "seed-detail":
         return seed_detail(results, arg)
     if kind == "seeds":
         return seeds_table(results)
     if kind == "val":
-        return val_section(results, arg)
+        return val_section(results, arg, base)
     if kind == "verdict":
         return verdict_sentence(results, arg)
     if kind == "models":
@@ -389,31 +613,66 @@ def section(key: str, results: Path) -> str:
     if kind == "targets":
         return targets_table(results)
     if kind == "bench":
-        return bench_tables(results)
+        return bench_tables(results, base)
     if kind == "summary":
         return format_summary(summary_dict(arg, create_model(arg)))
-    raise ReportError(f"unknown README section {key!r}")
+    if kind == "headline":
+        return headline(results, base)
+    if kind == "final-choice":
+        return final_choice(results, base)
+    if kind == "overview":
+        return overview(results, base, text)
+    if kind == "null-commits":
+        return null_commits(results, base)
+    if kind == "baseline-method":
+        return baseline_method(results, base)
+    raise ReportError(f"unknown generated section {key!r}")
 
 
-SECTION = re.compile(r"(<!-- BEGIN (?P<key>[^ ]+) -->\n)(?P<body>.*?)(<!-- END (?P=key) -->)", re.S)
+SECTION = re.compile(r"(<!-- BEGIN (?P<key>[^ ]+) -->\n)(?P<body>.*?)(<!-- END (?P=key) -->)", re.DOTALL)
+
+
+def render(text: str, results: Path, base: str = ".") -> str:
+    """`text` (a page in the folder `base`, relative to the project's root) with every section regenerated."""
+    return SECTION.sub(lambda m: m.group(1) + section(m.group("key"), results, base, text) + "\n" + m.group(4), text)
 
 
 def render_readme(text: str, results: Path) -> str:
-    return SECTION.sub(lambda m: m.group(1) + section(m.group("key"), results) + "\n" + m.group(4), text)
+    return render(text, results, ".")
 
 
-def update_readme(readme: Path, results: Path, write: bool = True) -> bool:
-    """Regenerates the README's sections; returns whether anything differed (and wrote it, if `write`)."""
+def pages(readme: Path = Path("README.md"), docs: Path = Path(DOCS)) -> list[Path]:
+    """The pages with generated sections: the README and every Markdown file in `docs`."""
+    return [readme, *sorted(docs.glob("*.md"))]
+
+
+def update_page(page: Path, results: Path, write: bool = True) -> bool:
+    """Regenerates a page's sections; returns whether anything differed (and wrote it, if `write`). Links are
+    made relative to the page's folder, taken relative to the current directory (the project's root)."""
     from .files import atomic_write_bytes
 
     try:
-        text = readme.read_text()
+        text = page.read_text()
     except OSError as e:
-        raise ReportError(f"cannot read {readme}: {e.strerror}") from None
-    new = render_readme(text, results)
+        raise ReportError(f"cannot read {page}: {e.strerror}") from None
+    base = posixpath.relpath(page.parent.resolve().as_posix(), Path.cwd().resolve().as_posix())
+    new = render(text, results, base)
     if new != text and write:
-        atomic_write_bytes(readme, new.encode())
+        atomic_write_bytes(page, new.encode())
     return new != text
+
+
+def update_readme(readme: Path, results: Path, write: bool = True) -> bool:
+    return update_page(readme, results, write)
+
+
+ROLE_CURVES = "role_curves.png"  # the README's figure: the test curves of the final and the tiny model
+
+
+def role_records(results: Path) -> dict[str, list[dict]]:
+    """The records of the models holding a role, keyed "Model_N (role)" for the figure's panel titles."""
+    holders = {g.role: role_holder(g.role) for g in GOALS}  # final first, as in the results box
+    return {f"{name} ({role})": load_records(results, name) for role, name in holders.items() if name}
 
 
 def draw_figures(results: Path, fig_dir: Path, data_dir=None) -> list[Path]:
@@ -425,9 +684,10 @@ def draw_figures(results: Path, fig_dir: Path, data_dir=None) -> list[Path]:
     from .records import load_checkpoint
 
     by_model = {m: load_records(results, m) for m in REGISTRY}
-    made = [fig_dir / "test_curves.png", fig_dir / "train_vs_test.png"]
+    made = [fig_dir / "test_curves.png", fig_dir / "train_vs_test.png", fig_dir / ROLE_CURVES]
     figures.test_curves(by_model, made[0], TARGET)
     figures.train_vs_test(by_model, made[1])
+    figures.test_curves(role_records(results), made[2], TARGET, "every seed of the final and the tiny model")
     final = get_entry("final").name
     ckpt = results / final / "seed1.pt"
     if ckpt.is_file():
