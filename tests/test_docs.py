@@ -9,6 +9,8 @@ import pytest
 from conftest import ROOT
 from tinymnist.report import slug
 
+pytestmark = pytest.mark.artifacts  # checks committed docs against the records and the code
+
 PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
 LINK = re.compile(r"!?\[[^\]]*\]\(([^)\s]+)\)")
 

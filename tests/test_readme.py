@@ -3,9 +3,13 @@ screens useful, every step written up."""
 
 from pathlib import Path
 
+import pytest
+
 from conftest import ROOT
 from tinymnist.model import REGISTRY
 from tinymnist.report import pages, update_page
+
+pytestmark = pytest.mark.artifacts  # checks committed docs against the records and the code
 
 README = ROOT / "README.md"
 STEPS = ROOT / "docs" / "steps.md"
