@@ -93,6 +93,15 @@ def test_a_teacher_without_checkpoints_in_its_records_is_a_clear_error(tmp_path)
         load_teachers(TAUGHT.with_overrides(teacher="Model_9"), CPU, tmp_path)
 
 
+def test_a_teacher_can_be_a_checkpoint_file():
+    path = str(RESULTS / "Model_11" / "seed2.pt")
+    (member,) = load_teachers(TAUGHT.with_overrides(teacher=path), CPU)
+    want = torch.load(path, weights_only=True)["state_dict"]
+    assert all(torch.equal(want[k], v) for k, v in member.state_dict().items())
+    with pytest.raises(CheckpointError, match="teacher_seeds must be 1"):
+        load_teachers(TAUGHT.with_overrides(teacher=path, teacher_seeds=2), CPU)
+
+
 @pytest.mark.artifacts
 def test_every_teacher_in_the_registry_has_its_checkpoints_in_the_records():
     for entry in REGISTRY.values():

@@ -131,10 +131,14 @@ def load_state(path: Path, model_name: str, recipe: Recipe) -> dict:
 
 
 def load_teachers(recipe: Recipe, device: str | torch.device, results: Path = RESULTS_DIR) -> list[nn.Module]:
-    """The networks that teach a recipe: the checkpoints of its teacher's runs with seeds 1 to
-    `teacher_seeds` in the teacher's records (`results/<TEACHER>/seed<N>.pt`)."""
+    """The networks that teach a recipe. Its `teacher` is a checkpoint file (`*.pt`), or a model whose runs
+    with seeds 1 to `teacher_seeds` teach from their records' checkpoints (`results/<TEACHER>/seed<N>.pt`)."""
     if recipe.teacher is None:
         return []
+    if recipe.teacher.endswith(".pt"):
+        if recipe.teacher_seeds != 1:
+            raise CheckpointError(f"the recipe's teacher {recipe.teacher} is one checkpoint: teacher_seeds must be 1")
+        return [load_checkpoint(recipe.teacher, device)[1]]
     members = []
     for seed in range(1, recipe.teacher_seeds + 1):
         path = record_path(results, recipe.teacher, seed).with_suffix(".pt")
