@@ -15,21 +15,11 @@ import torch
 
 from . import report
 from .data import load_mnist
-from .engine import Diverged, evaluate, fit, pick_device, set_seed
+from .engine import evaluate, pick_device
 from .errors import TinyMnistError
-from .model import REGISTRY, count_params, create_model, get_entry, resolve_name
-from .recipes import RECIPES, format_recipe, get_recipe
-from .records import (
-    RESULTS_DIR,
-    git_commit,
-    load_checkpoint,
-    load_state,
-    load_teachers,
-    record_path,
-    save_checkpoint,
-    save_state,
-    write_json,
-)
+from .model import REGISTRY, Entry, count_params, create_model, get_entry, resolve, resolve_name
+from .recipes import RECIPES, Recipe, apply_settings, format_recipe, get_recipe, load_recipe_file
+from .records import RESULTS_DIR, load_checkpoint, load_teachers, record_path, write_json
 from .runtime import DROPOUTS, KERNELS, default_runtime
 from .summary import format_summary, summary_dict
 
@@ -108,8 +98,8 @@ def cmd_models(args) -> None:
 
 
 def cmd_summary(args) -> None:
-    name = resolve_name(args.model)
-    info = summary_dict(name, create_model(name))
+    entry = _entry(args.model, args)
+    info = summary_dict(entry.name, entry.build())
     print(json.dumps(info, indent=1) if args.json else format_summary(info))
 
 
@@ -162,76 +152,72 @@ def _progress_hooks(epochs: int, seed: int):
     return on_batch, on_epoch
 
 
+def _model_args(pairs: list[str] | None) -> dict[str, str]:
+    args = {}
+    for pair in pairs or []:
+        key, eq, value = pair.partition("=")
+        if not eq or not key.strip():
+            raise UsageError(f"--model-arg {pair!r}: expected key=value")
+        args[key.strip()] = value
+    return args
+
+
+def _entry(ref: str, args) -> Entry:
+    """The model a command names (registered, or the user's `file.py:NAME`), with its --model-arg values."""
+    return resolve(ref, _model_args(getattr(args, "model_arg", None)))
+
+
+def _recipe(entry: Entry, args) -> tuple[Recipe, str]:
+    """The recipe to train with and its name: `--recipe` (a named recipe, a model's, or a TOML file; else the
+    model's own), then `--set` and the shorthand options over it."""
+    spec = args.recipe or entry.recipe_name
+    if spec.endswith(".toml"):
+        recipe = load_recipe_file(spec)
+    elif spec in RECIPES:
+        recipe = get_recipe(spec)
+    else:
+        spec = get_entry(spec).recipe_name  # a model or a role: its recipe
+        recipe = get_recipe(spec)
+    settings = list(args.set or [])
+    settings += [f"{k}={v}" for k, v in (("epochs", args.epochs), ("lr", args.lr), ("batch_size", args.batch_size))
+                 if v is not None]
+    return apply_settings(recipe, settings), spec
+
+
 def cmd_train(args) -> None:
-    entry = get_entry(args.model)
-    args.model = entry.name
-    overrides = {k: v for k, v in (("epochs", args.epochs), ("lr", args.lr), ("batch_size", args.batch_size)) if v}
-    recipe = entry.recipe.with_overrides(**overrides)
+    from .run import Budget, train_seed, verdict
+
+    entry = _entry(args.model, args)
+    recipe, recipe_name = _recipe(entry, args)
+    budget = Budget(args.max_params, args.max_epochs, hold=entry.hold)
     device = pick_device(args.device)
     runtime = _runtime(args, device)
     if runtime.threads:
         torch.set_num_threads(runtime.threads)
+    budget.check(entry.name, count_params(entry.build(recipe)), recipe.epochs)  # before any data is read
     # smoke runs and validation runs never overwrite the records of full runs
     out = Path(args.out) if args.out else Path("results-smoke") if args.limit else RESULTS_DIR / "val" if args.val \
         else RESULTS_DIR
     data = load_mnist(args.data_dir).limit(args.limit).hold_out(args.val).to(device)
     teachers = load_teachers(recipe, device, Path(args.teachers))
     _check_writable(out)
+    print(f"{entry.name}: recipe {recipe_name}{' with --set changes' if args.set else ''}, runtime "
+          f"{', '.join(f'{k}={v}' for k, v in runtime.to_dict().items() if v is not None)}", flush=True)
     verdicts = []
     for seed in args.seeds or [args.seed]:
-        path = record_path(out, args.model, seed)
-        state_path = path.with_suffix(".state.pt")
-        resume = None
-        if args.resume:
-            if state_path.exists():
-                resume = load_state(state_path, args.model, recipe)
-                print(f"resuming {args.model} seed {seed} after epoch {len(resume['history'])} from {state_path}")
-            elif path.exists():
-                print(f"{args.model} seed {seed}: already complete ({path}), skipped")
-                verdicts.append(report.verdict(json.loads(path.read_text())["epochs"], hold=entry.hold))
-                continue
-        set_seed(seed)
-        model = create_model(args.model).to(device)
-        params = count_params(model)
-        print(f"{args.model}: {params:,} params, seed {seed}, device {device}, {len(data.train_labels):,} train / "
-              f"{len(data.test_labels):,} test images, {recipe.epochs} epochs, recipe {entry.recipe_name}", flush=True)
         on_batch, print_epoch = _progress_hooks(recipe.epochs, seed)
-
-        def on_epoch(row, state, print_epoch=print_epoch, state_path=state_path):
-            print_epoch(row)
-            save_state(state_path, args.model, recipe, state)  # the last completed epoch survives a kill
-
-        try:
-            result = fit(model, data, recipe, runtime, teachers, on_batch=None if args.quiet else on_batch,
-                         on_epoch=on_epoch, resume=resume)
-        except Diverged as e:
-            kept = f"; the state after the last good epoch is kept in {state_path}" if state_path.exists() else ""
-            raise UsageError(f"{args.model} seed {seed}: {e}; stopped{kept}") from None
-        history = result.history
-        rec = {
-            "model": args.model,
-            "params": params,
-            "seed": seed,
-            "recipe": recipe.to_dict(),
-            "runtime": {**runtime.to_dict(), "threads": torch.get_num_threads()},
-            "epochs": history,
-            "limit": args.limit,
-            "val": args.val,
-            "torch": torch.__version__,
-            "device": str(device),
-            "threads": torch.get_num_threads(),
-            "git_commit": git_commit(),
-        }
-        save_checkpoint(path.with_suffix(".pt"), args.model, result.model, recipe, seed=seed)
-        write_json(path, rec)
-        state_path.unlink(missing_ok=True)  # the record and checkpoint now hold everything
-        verdict = report.verdict(history, hold=entry.hold)
-        verdicts.append(verdict)
+        rec = train_seed(entry, recipe, runtime, data, seed, out, teachers, budget=budget, resume=args.resume,
+                         limit=args.limit, val=args.val, on_batch=None if args.quiet else on_batch,
+                         on_epoch=lambda row, state, print_epoch=print_epoch: print_epoch(row),
+                         log=lambda line: print(line, flush=True))
+        path = record_path(out, entry.slug, seed)
+        v = verdict(rec["epochs"], budget, rec["params"])
+        verdicts.append(v)
         print(f"record {path}, checkpoint {path.with_suffix('.pt')}")
-        print(verdict["text"], flush=True)
+        print(v["text"], flush=True)
     if len(verdicts) > 1:
-        held = sum(v["held"] for v in verdicts)
-        print(f"{args.model}: held >= {report.TARGET:.2f}% in the last {entry.hold} epochs on {held} of "
+        held = sum(v["held"] and v["within_budget"] for v in verdicts)
+        print(f"{entry.name}: held >= {budget.target:.2f}% in the last {budget.hold} epochs on {held} of "
               f"{len(verdicts)} seeds")
 
 
@@ -245,9 +231,15 @@ def _check_writable(out: Path) -> None:
         raise UsageError(f"output folder {out} is not writable ({e.strerror})") from None
 
 
+def _load(args, device):
+    """The checkpoint a command names, with the user's network named again by --model when it needs one."""
+    entry = _entry(args.model, args) if args.model else None
+    return load_checkpoint(args.checkpoint, device, entry, args.force, warn=lambda m: print(m, file=sys.stderr))
+
+
 def cmd_eval(args) -> None:
     device = pick_device(args.device)
-    name, model, _ = load_checkpoint(args.checkpoint, device)
+    name, model, _ = _load(args, device)
     data = load_mnist(args.data_dir).limit(args.limit).to(device)
     stats = evaluate(model, data.test_images, data.test_labels)
     result = {
@@ -269,7 +261,7 @@ def cmd_predict(args) -> None:
     from .predict import classify
 
     device = pick_device(args.device)
-    _, model, _ = load_checkpoint(args.checkpoint, device)
+    _, model, _ = _load(args, device)
     results = classify(model, [Path(p) for p in args.images], device)
     if args.json:
         print(json.dumps(results, indent=1))
@@ -281,7 +273,7 @@ def cmd_predict(args) -> None:
 def cmd_export(args) -> None:
     from .export import export_onnx, verify_onnx
 
-    name, model, _ = load_checkpoint(args.checkpoint, "cpu")
+    name, model, _ = _load(args, "cpu")
     out = Path(args.onnx)
     export_onnx(model, out)
     data = load_mnist(args.data_dir).limit(args.limit)
@@ -359,6 +351,13 @@ def cmd_report(args) -> None:
     from .records import WEIGHTS_DIR
 
     results = Path(args.results)
+    if args.out:  # a standalone report of any folder of records; the project's docs stay as they are
+        entries = {}
+        if args.model:
+            entry = _entry(args.model, args)
+            entries[entry.name] = entry
+        print(f"wrote {report.folder_report(results, Path(args.out), args.data_dir, entries)}")
+        return
     pages = report.pages(Path(args.readme), Path(args.docs))
     changed = [str(page) for page in pages if report.update_page(page, results, write=not args.check)]
     if args.check and changed:
@@ -385,7 +384,8 @@ def build_parser() -> Parser:
     s.set_defaults(func=cmd_models)
 
     s = sub.add_parser("summary", help="per-layer table: output shape, parameters, receptive field, jump")
-    s.add_argument("model")
+    s.add_argument("model", help="a model name or role, or your own network: file.py:NAME or package.module:NAME")
+    _model_ref_args(s)
     s.add_argument("--json", action="store_true")
     s.set_defaults(func=cmd_summary)
 
@@ -395,7 +395,15 @@ def build_parser() -> Parser:
     s.set_defaults(func=cmd_recipe)
 
     s = sub.add_parser("train", help="train a model with its recipe; writes a record and a checkpoint per seed")
-    s.add_argument("model")
+    s.add_argument("model", help="a model name or role, or your own network: file.py:NAME or package.module:NAME")
+    _model_ref_args(s)
+    s.add_argument("--recipe", help="a named recipe, a model's (its name), or a TOML file (default: the model's own; "
+                                    "for your own network, the final model's)")
+    s.add_argument("--set", action="append", metavar="FIELD=VALUE",
+                   help="change a recipe field (repeatable), e.g. --set lr=0.05 --set augment.rotation=5")
+    s.add_argument("--max-params", type=positive_int, help="refuse a model with more parameters than this")
+    s.add_argument("--max-epochs", type=positive_int, default=15,
+                   help="refuse a recipe with more epochs than this (default 15, the exercise's budget)")
     s.add_argument("--epochs", type=positive_int, help="override the recipe's number of epochs")
     seeds = s.add_mutually_exclusive_group()
     seeds.add_argument("--seed", type=non_negative_int, default=1, help="random seed (default 1)")
@@ -420,6 +428,7 @@ def build_parser() -> Parser:
     s.add_argument("checkpoint", help="a checkpoint file, or a model name for its shipped weights")
     _data_args(s)
     s.add_argument("--json", action="store_true")
+    _checkpoint_model_args(s)
     s.set_defaults(func=cmd_eval)
 
     s = sub.add_parser("predict", help="classify image files of handwritten digits")
@@ -427,6 +436,7 @@ def build_parser() -> Parser:
     s.add_argument("images", nargs="+", metavar="IMAGE", help="PNG or JPEG files, any size, colour or grey")
     s.add_argument("--device", default="auto", help="auto (CUDA, then MPS, then CPU), cpu, cuda or mps")
     s.add_argument("--json", action="store_true")
+    _checkpoint_model_args(s)
     s.set_defaults(func=cmd_predict)
 
     s = sub.add_parser("export", help="export to ONNX and verify it with onnxruntime on the test set")
@@ -434,6 +444,7 @@ def build_parser() -> Parser:
     s.add_argument("--onnx", required=True, metavar="OUT.onnx")
     s.add_argument("--data-dir", help="folder with the MNIST IDX files (default $TINYMNIST_DATA, then ./data/mnist)")
     s.add_argument("--limit", type=positive_int, help="verify on only the first N test images")
+    _checkpoint_model_args(s)
     s.set_defaults(func=cmd_export)
 
     s = sub.add_parser("bench", help="images/s of the project's pipeline against the per-sample PIL baseline")
@@ -463,8 +474,24 @@ def build_parser() -> Parser:
     s.add_argument("--figures", default="docs/figures", help="folder for the PNG figures")
     s.add_argument("--no-figures", action="store_true")
     s.add_argument("--data-dir", help="MNIST folder, for the final model's mistakes and confusion matrix")
+    s.add_argument("--out", help="instead, write a standalone report (report.md and PNG figures) of the records in "
+                                 "--results to this folder")
+    s.add_argument("--model", help="with --out: your network's code (file.py:NAME), to load its checkpoints")
+    _model_ref_args(s)
     s.set_defaults(func=cmd_report)
     return p
+
+
+def _checkpoint_model_args(s: argparse.ArgumentParser) -> None:
+    s.add_argument("--model", help="for a checkpoint of your own network: its code again, file.py:NAME (checked "
+                                   "against the reference and hash the checkpoint stores)")
+    _model_ref_args(s)
+    s.add_argument("--force", action="store_true", help="load it even if the code differs from the checkpoint's")
+
+
+def _model_ref_args(s: argparse.ArgumentParser) -> None:
+    s.add_argument("--model-arg", action="append", metavar="KEY=VALUE",
+                   help="an argument of your own network (repeatable), typed from its signature's defaults")
 
 
 def _runtime_args(s: argparse.ArgumentParser) -> None:

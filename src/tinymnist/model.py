@@ -1,15 +1,23 @@
-"""The model progression, `Model_1` ... `Model_N`: each step of the exercise is one entry here.
+"""The model progression, `Model_1` ... `Model_N`: each step of the exercise is one entry here; and the
+user's own networks, named as `path/to/file.py:NAME` or `package.module:NAME`.
 
 An entry names a network from `nets.py` with its arguments, a recipe from `recipes.py` by name, and what the
 step set out to do in one line. Its Target / Results / Analysis are in docs/steps.md. A new step is one
-`Entry` in `ENTRIES` (plus a network in `nets.py` only if its shape is new).
+`Entry` in `ENTRIES` (plus a network in `nets.py` only if its shape is new). `resolve` turns any model
+reference into an `Entry`, the user's code included; nothing else imports the user's code.
 """
 
 from __future__ import annotations
 
+import ast
+import hashlib
+import importlib
+import importlib.util
 import inspect
+import sys
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -29,6 +37,10 @@ class UnknownModelError(TinyMnistError):
     pass
 
 
+class ModelCodeError(TinyMnistError):
+    """The user's network cannot be found, built or run as a digit classifier."""
+
+
 @dataclass(frozen=True)
 class Entry:
     name: str
@@ -37,10 +49,19 @@ class Entry:
     recipe_name: str  # a key of recipes.RECIPES
     target: str  # what this step set out to do, in one line
     hold: int = 5  # the target: test accuracy >= TARGET in each of the last `hold` epochs
+    source: dict[str, Any] | None = None  # a user's network: {"ref", "sha256", "args"}, kept in records
 
     @property
     def recipe(self) -> Recipe:
         return get_recipe(self.recipe_name)
+
+    @property
+    def slug(self) -> str:
+        """The entry's folder name in a results folder: the name, or for user code `file.NAME`."""
+        if self.source is None:
+            return self.name
+        where, _, attr = self.name.rpartition(":")
+        return f"{Path(where).stem if where.endswith('.py') else where}.{attr}"
 
     @property
     def role(self) -> str | None:
@@ -49,6 +70,11 @@ class Entry:
     def build(self, recipe: Recipe | None = None) -> nn.Module:
         """The network, with the recipe's dropout where the network has dropout layers."""
         recipe = recipe or self.recipe
+        if self.source is not None:
+            if recipe.dropout:
+                raise RecipeError(f"dropout is a recipe field of the registered networks; give {self.name} its "
+                                  "dropout as a --model-arg")
+            return _build_user(self.name, self.net, self.args)
         if "dropout" in inspect.signature(self.net).parameters:
             return self.net(**self.args, dropout=recipe.dropout)
         if recipe.dropout:
@@ -155,6 +181,146 @@ REGISTRY: dict[str, Entry] = {e.name: e for e in ENTRIES}
 # steps, teachers' runs counted; tiny: the smallest that holds its last 3 epochs on every seed under 4,000
 # parameters. docs/steps.md shows how each role holder does against its target, from the records.
 ROLES: dict[str, str] = {"final": "Model_41", "tiny": "Model_21"}
+
+
+# --- the user's own networks ----------------------------------------------------------------------------
+
+
+class ScoresAsLogProbs(nn.Module):
+    """A user's network that returns class scores, followed by log-softmax: the engine works on log-probabilities."""
+
+    def __init__(self, net: nn.Module):
+        super().__init__()
+        self.net = net
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.log_softmax(self.net(x), dim=1)
+
+
+def _load_code(where: str) -> tuple[Any, str]:
+    """The module named by `where` (a .py file or a dotted module name) and its source's SHA-256."""
+    if where.endswith(".py"):
+        path = Path(where)
+        if not path.is_file():
+            raise ModelCodeError(f"model file {where} does not exist or is not a file")
+        data = path.read_bytes()
+        digest = hashlib.sha256(data).hexdigest()
+        spec = importlib.util.spec_from_file_location(f"tinymnist_user_{digest[:16]}", path)
+        module = importlib.util.module_from_spec(spec)
+        sys.path.insert(0, str(path.resolve().parent))  # its own imports of files beside it
+        try:
+            spec.loader.exec_module(module)
+        except Exception as e:  # noqa: BLE001  whatever the user's file raises, it is reported as theirs
+            raise ModelCodeError(f"{where}: importing it raised {type(e).__name__}: {e}") from None
+        finally:
+            sys.path.remove(str(path.resolve().parent))
+        return module, digest
+    try:
+        module = importlib.import_module(where)
+    except Exception as e:  # noqa: BLE001
+        raise ModelCodeError(f"cannot import module {where!r} ({type(e).__name__}: {e})") from None
+    file = getattr(module, "__file__", None)
+    return module, hashlib.sha256(Path(file).read_bytes()).hexdigest() if file else ""
+
+
+def _parse_arg(text: str, default: Any) -> Any:
+    """A --model-arg value, typed like the parameter's default (or as a Python literal, else a string)."""
+    if isinstance(default, bool):
+        if text.lower() in ("1", "true", "yes", "on"):
+            return True
+        if text.lower() in ("0", "false", "no", "off"):
+            return False
+        raise ValueError("expected true or false")
+    if isinstance(default, int):
+        return int(text)
+    if isinstance(default, float):
+        return float(text)
+    if isinstance(default, str):
+        return text
+    if isinstance(default, (tuple, list)):
+        value = ast.literal_eval(text if text.strip().startswith(("(", "[")) else f"({text},)")
+        return type(default)(value)
+    try:
+        return ast.literal_eval(text)
+    except (ValueError, SyntaxError):
+        return text
+
+
+def typed_args(factory: Callable, given: dict[str, str], name: str) -> dict[str, Any]:
+    """`--model-arg key=value` pairs typed from the factory's signature; an unknown key lists the valid ones."""
+    target = factory.__init__ if isinstance(factory, type) else factory
+    params = {k: p for k, p in inspect.signature(target).parameters.items()
+              if k != "self" and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)}
+    takes_any = any(p.kind == p.VAR_KEYWORD for p in inspect.signature(target).parameters.values())
+    args = {}
+    for key, text in given.items():
+        if key not in params and not takes_any:
+            raise ModelCodeError(f"{name} has no argument {key!r}; valid: {', '.join(params) or 'none'}")
+        default = params[key].default if key in params else inspect.Parameter.empty
+        try:
+            args[key] = _parse_arg(text, None if default is inspect.Parameter.empty else default)
+        except (ValueError, SyntaxError) as e:
+            raise ModelCodeError(f"--model-arg {key}={text}: {e} (like its default, {default!r})") from None
+    return args
+
+
+def _build_user(name: str, factory: Callable, args: dict[str, Any]) -> nn.Module:
+    """Builds a user's network and checks it is a digit classifier: (B, 1, 28, 28) in, (B, 10) out."""
+    try:
+        net = factory(**args)
+    except Exception as e:  # noqa: BLE001
+        raise ModelCodeError(f"{name}: building it raised {type(e).__name__}: {e}") from None
+    if not isinstance(net, nn.Module):
+        raise ModelCodeError(f"{name} returned a {type(net).__name__}, not an nn.Module")
+    if count_params(net) == 0:
+        raise ModelCodeError(f"{name} has no trainable parameters")
+    was_training = net.training
+    net.eval()
+    try:
+        with torch.no_grad():
+            out = net(torch.randn(2, 1, 28, 28, generator=torch.Generator().manual_seed(0)))
+    except Exception as e:  # noqa: BLE001
+        raise ModelCodeError(f"{name} failed on a (2, 1, 28, 28) batch: {type(e).__name__}: {e}") from None
+    finally:
+        net.train(was_training)
+    if not isinstance(out, torch.Tensor) or tuple(out.shape) != (2, 10):
+        got = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
+        raise ModelCodeError(f"{name} returned {got} for a (2, 1, 28, 28) batch; expected (2, 10) class scores "
+                             "or log-probabilities")
+    is_log_probs = bool(torch.allclose(out.exp().sum(1), torch.ones(2), atol=1e-4))
+    return net if is_log_probs else ScoresAsLogProbs(net)
+
+
+def resolve(ref: str, model_args: dict[str, str] | None = None, recipe_name: str | None = None) -> Entry:
+    """A model reference: a registered name or role, or the user's `file.py:NAME` / `package.module:NAME`,
+    where NAME is an nn.Module subclass or a function returning a module; `model_args` go to it, typed from
+    its signature. A user's network is built once here, to check it; its recipe is `recipe_name`, by default
+    the final model's."""
+    if ":" not in ref:
+        if model_args:
+            raise ModelCodeError("--model-arg is for a network from your own code (file.py:NAME)")
+        return get_entry(ref)
+    where, _, attr = ref.rpartition(":")
+    if not where or not attr.isidentifier():
+        raise ModelCodeError(f"model reference {ref!r}: expected path/to/file.py:NAME or package.module:NAME")
+    module, digest = _load_code(where)
+    factory = getattr(module, attr, None)
+    if factory is None:
+        found = sorted(k for k, v in vars(module).items() if not k.startswith("_") and getattr(
+            v, "__module__", None) == module.__name__ and (inspect.isfunction(v) or (
+                isinstance(v, type) and issubclass(v, nn.Module))))
+        raise ModelCodeError(f"{where} has no {attr!r}; it defines: {', '.join(found) or 'no modules or functions'}")
+    if not ((isinstance(factory, type) and issubclass(factory, nn.Module)) or inspect.isfunction(factory)):
+        raise ModelCodeError(f"{ref} is a {type(factory).__name__}, not an nn.Module subclass or a function")
+    args = typed_args(factory, dict(model_args or {}), ref)
+    entry = Entry(ref, factory, args, recipe_name or get_entry("final").recipe_name, f"a network from {where}",
+                  source={"ref": ref, "sha256": digest, "args": args})
+    entry.build()  # fails here, with one line, rather than after the data has loaded
+    return entry
+
+
+def with_recipe(entry: Entry, recipe_name: str) -> Entry:
+    return replace(entry, recipe_name=recipe_name)
 
 
 def model_names() -> list[str]:

@@ -230,6 +230,93 @@ RECIPES: dict[str, Recipe] = {
 }
 
 
+def _typed(field_type: str, text: str, name: str):
+    """A `--set` value as the field's declared type."""
+    try:
+        if field_type == "bool":
+            if text.lower() not in ("true", "false", "yes", "no", "1", "0"):
+                raise ValueError
+            return text.lower() in ("true", "yes", "1")
+        if field_type == "int":
+            return int(text)
+        if field_type == "float":
+            return float(text)
+    except ValueError:
+        expected = "true or false" if field_type == "bool" else f"a {field_type}"
+        raise RecipeError(f"--set {name}={text}: expected {expected}") from None
+    if field_type.startswith("str | None"):
+        return None if text.lower() in ("none", "") else text
+    return text
+
+
+def apply_settings(recipe: Recipe, settings: list[str]) -> Recipe:
+    """`field=value` settings over a recipe, typed from its fields: `lr=0.1`, `augment.rotation=5`,
+    `augment=none`, `augment=default` (the reference's); an unknown field lists the valid ones."""
+    for setting in settings:
+        key, eq, text = setting.partition("=")
+        key = key.strip()
+        _check(bool(eq and key), f"--set {setting!r}: expected field=value")
+        if key == "augment":
+            _check(text.lower() in ("none", "default"), "--set augment=none or augment=default (or augment.FIELD=v)")
+            recipe = recipe.with_overrides(augment=None if text.lower() == "none" else Augment())
+        elif key.startswith("augment."):
+            sub = key.split(".", 1)[1]
+            valid = {f.name: str(f.type) for f in fields(Augment)}
+            _check(sub in valid, f"unknown augment field {sub!r}; valid: {', '.join(valid)}")
+            base = recipe.augment or Augment()
+            recipe = recipe.with_overrides(augment=replace(base, **{sub: _typed(valid[sub], text, key)}))
+        else:
+            valid = {f.name: str(f.type) for f in fields(Recipe)}
+            _check(key in valid, f"unknown recipe field {key!r}; valid: {', '.join(valid)}")
+            recipe = recipe.with_overrides(**{key: _typed(valid[key], text, key)})
+    return recipe
+
+
+def load_recipe_file(path: str) -> Recipe:
+    """A recipe from a TOML file: its fields at the top level (the defaults for the rest), the augmentation
+    as an `[augment]` table (its own defaults for fields not given) or `augment = false`."""
+    import tomllib
+
+    try:
+        with open(path, "rb") as f:
+            data = tomllib.load(f)
+    except OSError as e:
+        raise RecipeError(f"recipe file {path}: {e.strerror}") from None
+    except tomllib.TOMLDecodeError as e:
+        raise RecipeError(f"recipe file {path}: not valid TOML ({e})") from None
+    if data.get("augment") is False:
+        data["augment"] = None
+    try:
+        return Recipe.from_dict(data)
+    except RecipeError as e:
+        raise RecipeError(f"recipe file {path}: {e}") from None
+    except TypeError as e:
+        raise RecipeError(f"recipe file {path}: {e}") from None
+
+
+def recipe_to_toml(recipe: Recipe) -> str:
+    """A recipe as a TOML file that `load_recipe_file` reads back to the same recipe (fields that differ
+    from the defaults only)."""
+    lines, table = [], []
+    for key, value in recipe.changes().items():
+        if key == "augment":
+            if value is None:
+                lines.append("augment = false")
+            else:
+                table = ["", "[augment]"] + [f"{k} = {v!r}" for k, v in asdict(value).items()]
+        else:
+            lines.append(f"{key} = {_toml_value(value)}")
+    return "\n".join(lines + table) + "\n"
+
+
+def _toml_value(value) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, str):
+        return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    return repr(value)
+
+
 def get_recipe(name: str) -> Recipe:
     try:
         return RECIPES[name]

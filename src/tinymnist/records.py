@@ -19,7 +19,7 @@ from torch import nn
 
 from .errors import TinyMnistError
 from .files import atomic_write_bytes
-from .model import REGISTRY, ROLES, UnknownModelError, get_entry
+from .model import REGISTRY, ROLES, Entry, UnknownModelError, get_entry
 from .recipes import Recipe
 
 RESULTS_DIR = Path("results")
@@ -70,10 +70,14 @@ def save_checkpoint(path: Path, model_name: str, model: nn.Module, recipe: Recip
     atomic_write_bytes(path, buf.getvalue())
 
 
-def load_checkpoint(path: str | os.PathLike, device: str | torch.device = "cpu") -> tuple[str, nn.Module, dict]:
+def load_checkpoint(path: str | os.PathLike, device: str | torch.device = "cpu", model: Entry | None = None,
+                    force: bool = False, warn=None) -> tuple[str, nn.Module, dict]:
     """Loads a checkpoint safely (weights only: no pickled code runs) and rebuilds its model.
 
-    `path` may also be a model name or role, meaning the weights shipped with the package.
+    `path` may also be a model name or role, meaning the weights shipped with the package. A checkpoint of a
+    network from the user's code names that code but never runs it: the caller names the code again
+    (`model`, resolved from `--model file.py:NAME`), and the stored reference, file hash and arguments must
+    agree with it; with `force`, a difference is passed to `warn` instead of refused.
     """
     path = resolve_checkpoint(str(path))
     if not path.is_file():
@@ -89,11 +93,17 @@ def load_checkpoint(path: str | os.PathLike, device: str | torch.device = "cpu")
     if not isinstance(ckpt, dict) or not {"model", "state_dict"} <= set(ckpt):
         raise CheckpointError(f"{path}: not a tinymnist checkpoint (no model name and state_dict)")
     name = ckpt["model"]
-    try:
-        get_entry(name)
-    except UnknownModelError as e:
-        raise CheckpointError(f"{path}: {e}") from None
-    entry = get_entry(name)
+    if not isinstance(name, str):
+        raise CheckpointError(f"{path}: not a tinymnist checkpoint (its model name is not a string)")
+    if ckpt.get("source") is not None or ":" in name:
+        entry = _user_entry(path, ckpt, model, force, warn)
+    else:
+        try:
+            entry = get_entry(name)
+        except UnknownModelError as e:
+            raise CheckpointError(f"{path}: {e}") from None
+        if model is not None and model.name != entry.name:
+            raise CheckpointError(f"{path} holds {entry.name}, not {model.name}")
     try:
         recipe = Recipe.from_dict(ckpt["recipe"]) if ckpt.get("recipe") else entry.recipe
         model = entry.build(recipe)
@@ -104,6 +114,24 @@ def load_checkpoint(path: str | os.PathLike, device: str | torch.device = "cpu")
     except RuntimeError as e:
         raise CheckpointError(f"{path}: weights do not fit {name} ({str(e).splitlines()[0]})") from None
     return name, model.to(device), ckpt
+
+
+def _user_entry(path: Path, ckpt: dict, model: Entry | None, force: bool, warn) -> Entry:
+    """The user's network a checkpoint was made from, as the user names it again; compared, never imported."""
+    stored = ckpt.get("source") if isinstance(ckpt.get("source"), dict) else {}
+    ref = str(stored.get("ref") or ckpt["model"])
+    if model is None or model.source is None:
+        raise CheckpointError(f"{path} holds a network from your own code ({ref}); name that code with --model "
+                              f"{ref} to load it (a checkpoint never runs code)")
+    differences = [f"{what}: checkpoint {stored.get(key)!r}, --model {model.source[key]!r}"
+                   for key, what in (("ref", "reference"), ("sha256", "file SHA-256"), ("args", "arguments"))
+                   if stored.get(key) != model.source[key]]
+    if differences and not force:
+        raise CheckpointError(f"{path} was made from other code than --model {model.name} ({'; '.join(differences)}); "
+                              "--force loads it anyway")
+    if differences and warn is not None:
+        warn(f"warning: {path} was made from other code ({'; '.join(differences)}); loading it as --force says")
+    return model
 
 
 def save_state(path: Path, model_name: str, recipe: Recipe, state: dict) -> None:

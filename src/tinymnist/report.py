@@ -679,8 +679,7 @@ def draw_figures(results: Path, fig_dir: Path, data_dir=None) -> list[Path]:
     """The figures of the README: curves from the records, mistakes and confusion of the final model."""
     from . import figures
     from .data import load_mnist
-    from .engine import predict
-    from .model import get_entry
+    from .model import get_entry, log_probs
     from .records import load_checkpoint
 
     by_model = {m: load_records(results, m) for m in REGISTRY}
@@ -693,7 +692,7 @@ def draw_figures(results: Path, fig_dir: Path, data_dir=None) -> list[Path]:
     if ckpt.is_file():
         _, model, _ = load_checkpoint(ckpt)
         data = load_mnist(data_dir)
-        preds = predict(model, data.test_images).argmax(1)
+        preds = log_probs(model, data.test_images).argmax(1)
         wrong = int((preds != data.test_labels).sum())
         title = f"{final} (seed 1): the {wrong} test digits it gets wrong, true→predicted"
         figures.mistakes(data.test_images, data.test_labels, preds, fig_dir / "mistakes.png", title)
@@ -728,3 +727,92 @@ def ship_weights(results: Path, weights_dir: Path) -> list[Path]:
             stale.unlink()
             stale.with_suffix(".json").unlink(missing_ok=True)
     return shipped
+
+
+# --- a report for any folder of records ------------------------------------------------------------------
+
+
+def _folder_records(results: Path) -> dict[str, list[dict]]:
+    """Every run record under `results` by model folder (smoke runs on a slice included: they are marked)."""
+    found: dict[str, list[dict]] = {}
+    for path in sorted(results.glob("*/seed*.json")):
+        try:
+            rec = json.loads(path.read_text())
+        except (OSError, json.JSONDecodeError) as e:
+            raise ReportError(f"cannot read record {path}: {e}") from None
+        if not isinstance(rec, dict) or not isinstance(rec.get("epochs"), list) or not rec["epochs"]:
+            raise ReportError(f"{path}: not a tinymnist run record")
+        rec["_path"] = path.as_posix()
+        found.setdefault(path.parent.name, []).append(rec)
+    return {k: sorted(v, key=lambda r: r.get("seed", 0)) for k, v in found.items()}
+
+
+def folder_report(results: Path, out: Path, data_dir=None, entries: dict | None = None) -> Path:
+    """A standalone Markdown report with PNG figures for any folder of run records, written to `out`: the seed
+    table with verdicts against each record's budget, test curves across seeds, train vs test, and, for a
+    model whose seed-1 checkpoint can be loaded (registered, or the user's network named in `entries` by its
+    reference), the confusion matrix and the test digits it gets wrong. Touches nothing else."""
+    from . import figures
+    from .records import load_checkpoint
+    from .run import Budget, verdict
+
+    by_model = _folder_records(results)
+    if not by_model:
+        raise ReportError(f"no run records (<model>/seed<N>.json) in {results}/")
+    out.mkdir(parents=True, exist_ok=True)
+    lines = [f"# Report on {results}", "", "| model | params | seeds | held | mean of the last K | lowest of them | "
+             "budget | verdict |", "|---|---:|---|---:|---:|---:|---|---|"]
+    notes = []
+    for folder, records in by_model.items():
+        name = records[0].get("model", folder)
+        budget = Budget(**{k: v for k, v in (records[0].get("budget") or {}).items()
+                           if k in Budget.__dataclass_fields__})
+        if "budget" not in records[0]:
+            budget = Budget(hold=REGISTRY[name].hold if name in REGISTRY else HOLD)
+        verdicts = [verdict(r["epochs"], budget, r["params"]) for r in records]
+        lasts = [row["test_acc"] for r in records for row in r["epochs"][-budget.hold:]]
+        met = sum(v["held"] and v["within_budget"] for v in verdicts)
+        limits = sorted({r["limit"] for r in records if r.get("limit")})
+        spend = ", ".join(x for x in (f"<= {budget.max_params:,} params" if budget.max_params else "",
+                                      f"<= {budget.max_epochs} epochs" if budget.max_epochs else "") if x) or "none"
+        lines.append(
+            f"| {name} | {records[0]['params']:,} | {', '.join(str(r['seed']) for r in records)} | "
+            f"{met} of {len(records)} | {statistics.mean(lasts):.3f} (K = {budget.hold}) | {min(lasts):.2f} | "
+            f"{spend} | {'met on every seed' if met == len(records) else 'not met'} "
+            f"(>= {budget.target:.2f} % in each of the last {budget.hold} epochs) |")
+        if limits:
+            notes.append(f"{name}: trained on a slice (--limit {', '.join(map(str, limits))}), not the full data")
+    lines += [""] + [f"- {n}" for n in notes] + ([""] if notes else [])
+    figures.test_curves(by_model, out / "test_curves.png", TARGET)
+    figures.train_vs_test(by_model, out / "train_vs_test.png")
+    lines += ["## Test accuracy per epoch, every seed", "", "![test curves](test_curves.png)", "",
+              "## Train and test accuracy, seed by seed", "", "![train vs test](train_vs_test.png)", ""]
+    data = None
+    for folder, records in by_model.items():
+        name = records[0].get("model", folder)
+        ckpt = Path(records[0]["_path"]).with_suffix(".pt")
+        entry = (entries or {}).get(name)
+        if not ckpt.is_file() or (":" in name and entry is None):
+            lines += [f"No confusion matrix for {name}: " + ("no checkpoint beside its record." if not ckpt.is_file()
+                      else f"its checkpoint needs its code named (--model {name})."), ""]
+            continue
+        from .data import load_mnist
+        from .model import log_probs
+
+        data = data or load_mnist(data_dir)
+        _, model, _ = load_checkpoint(ckpt, "cpu", entry)
+        preds = log_probs(model, data.test_images).argmax(1)
+        wrong = int((preds != data.test_labels).sum())
+        stem = folder.replace(":", "_")
+        figures.confusion(data.test_labels, preds, out / f"{stem}-confusion.png", f"{name} (seed "
+                          f"{records[0]['seed']}): confusion")
+        figures.mistakes(data.test_images, data.test_labels, preds, out / f"{stem}-mistakes.png",
+                         f"{name} (seed {records[0]['seed']}): {wrong} test digits wrong, true→predicted")
+        lines += [f"## {name}, seed {records[0]['seed']}: {10_000 - wrong if len(data.test_labels) == 10_000 else ''}"
+                  f"{'' if len(data.test_labels) != 10_000 else ' of 10,000 right'}".rstrip(": "), "",
+                  f"![confusion]({stem}-confusion.png)", "", f"![mistakes]({stem}-mistakes.png)", ""]
+    page = out / "report.md"
+    from .files import atomic_write_bytes
+
+    atomic_write_bytes(page, "\n".join(lines).encode())
+    return page

@@ -1,0 +1,137 @@
+"""One training run, from a model, a recipe and a seed to its record and checkpoint: what `train` does for
+each seed, and what a sweep runs on a worker, so the two write the same record.
+
+A run writes, in its output folder, `<model>/seed<S>.json` (the record), `.pt` (the checkpoint) and, after
+each epoch until it ends, `.state.pt` (what `--resume` continues from).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from .data import MNIST
+from .engine import Diverged, fit, set_seed
+from .errors import TinyMnistError
+from .model import MAX_EPOCHS, TARGET, Entry, count_params
+from .recipes import Recipe
+from .records import git_commit, load_state, record_path, save_checkpoint, save_state, write_json
+from .runtime import Runtime
+
+
+class BudgetError(TinyMnistError):
+    pass
+
+
+class RunError(TinyMnistError):
+    pass
+
+
+@dataclass(frozen=True)
+class Budget:
+    """What a run may spend, and the target it is judged by: >= `target` % test accuracy in each of the last
+    `hold` epochs, with at most `max_params` parameters and `max_epochs` epochs (None: no limit)."""
+
+    max_params: int | None = None
+    max_epochs: int | None = MAX_EPOCHS
+    target: float = TARGET
+    hold: int = 5
+
+    def check(self, name: str, params: int, epochs: int) -> None:
+        """Refuses a run over budget before it trains."""
+        if self.max_params is not None and params > self.max_params:
+            raise BudgetError(f"{name} has {params:,} parameters, over the budget of {self.max_params:,} "
+                              "(--max-params)")
+        if self.max_epochs is not None and epochs > self.max_epochs:
+            raise BudgetError(f"the recipe trains {epochs} epochs, over the budget of {self.max_epochs} (--max-epochs)")
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def verdict(history: list[dict], budget: Budget, params: int) -> dict:
+    """Whether a run met its target within its budget, with a line that says so."""
+    accs = [row["test_acc"] for row in history]
+    last = accs[-budget.hold:]
+    held = len(accs) >= budget.hold and min(last) >= budget.target
+    within = (budget.max_params is None or params <= budget.max_params) and (
+        budget.max_epochs is None or len(history) <= budget.max_epochs)
+    text = (f"target {'MET' if held and within else 'NOT MET'}: test accuracy >= {budget.target:.2f}% in each of "
+            f"the last {budget.hold} epochs (last {min(budget.hold, len(accs))}: "
+            f"{', '.join(f'{a:.2f}' for a in last)})" + ("" if within else ", and over budget"))
+    return {"held": held, "within_budget": within, "text": text}
+
+
+def make_record(entry: Entry, params: int, seed: int, recipe: Recipe, runtime: Runtime, history: list[dict],
+                budget: Budget, *, limit: int | None, val: int | None, device: str) -> dict:
+    rec = {
+        "model": entry.name,
+        "params": params,
+        "seed": seed,
+        "recipe": recipe.to_dict(),
+        "runtime": {**runtime.to_dict(), "threads": torch.get_num_threads()},
+        "budget": budget.to_dict(),
+        "epochs": history,
+        "limit": limit,
+        "val": val,
+        "torch": torch.__version__,
+        "device": device,
+        "threads": torch.get_num_threads(),
+        "git_commit": git_commit(),
+    }
+    if entry.source is not None:
+        rec["source"] = entry.source
+    return rec
+
+
+# on_epoch(row, state): after each epoch, the row and the resumable state (also saved beside the record)
+EpochCallback = Callable[[dict, dict], None]
+
+
+def train_seed(entry: Entry, recipe: Recipe, runtime: Runtime, data: MNIST, seed: int, out: Path,
+               teachers: list[nn.Module] = (), *, budget: Budget = Budget(), resume: bool = False,
+               limit: int | None = None, val: int | None = None, on_batch=None, on_epoch: EpochCallback | None = None,
+               log: Callable[[str], None] = print) -> dict:
+    """Trains `entry` with `recipe` from `seed` into `out`; returns the record (also written there).
+
+    With `resume`, a state file beside the record continues the run from its last completed epoch, and a
+    finished record is returned as it is (skipped)."""
+    path = record_path(out, entry.slug, seed)
+    state_path = path.with_suffix(".state.pt")
+    state = None
+    if resume and state_path.exists():
+        state = load_state(state_path, entry.name, recipe)
+        log(f"resuming {entry.name} seed {seed} after epoch {len(state['history'])} from {state_path}")
+    elif resume and path.exists():
+        log(f"{entry.name} seed {seed}: already complete ({path}), skipped")
+        return json.loads(path.read_text())
+    set_seed(seed)
+    device = data.train_images.device
+    model = entry.build(recipe).to(device)
+    params = count_params(model)
+    budget.check(entry.name, params, recipe.epochs)
+    log(f"{entry.name}: {params:,} params, seed {seed}, device {device}, {len(data.train_labels):,} train / "
+        f"{len(data.test_labels):,} test images, {recipe.epochs} epochs")
+
+    def epoch_done(row: dict, training_state: dict) -> None:
+        save_state(state_path, entry.name, recipe, training_state)  # the last completed epoch survives a kill
+        if on_epoch is not None:
+            on_epoch(row, training_state)
+
+    try:
+        result = fit(model, data, recipe, runtime, teachers, on_batch=on_batch, on_epoch=epoch_done, resume=state)
+    except Diverged as e:
+        kept = f"; the state after the last good epoch is kept in {state_path}" if state_path.exists() else ""
+        raise RunError(f"{entry.name} seed {seed}: {e}; stopped{kept}") from None
+    rec = make_record(entry, params, seed, recipe, runtime, result.history, budget, limit=limit, val=val,
+                      device=str(device))
+    save_checkpoint(path.with_suffix(".pt"), entry.name, result.model, recipe, seed=seed,
+                    **({"source": entry.source} if entry.source else {}))
+    write_json(path, rec)
+    state_path.unlink(missing_ok=True)  # the record and checkpoint now hold everything
+    return rec
