@@ -101,15 +101,18 @@ def read_idx(stream: BinaryIO, label: str, sha256: str | None = None) -> tuple[t
         raise DataError(f"{label}: truncated or corrupt gzip data ({e})") from None
 
 
-def _read_exactly(stream: BinaryIO, n: int) -> bytes:
-    chunks, left = [], n
-    while left:
-        chunk = stream.read(min(left, 2**24))
-        if not chunk:
+def _read_exactly(stream: BinaryIO, n: int) -> bytearray:
+    """Up to `n` bytes, fewer at the end of the stream; read in place, as the pixels are the biggest object."""
+    buf = bytearray(n)
+    view, done = memoryview(buf), 0
+    while done < n:
+        got = stream.readinto(view[done : done + 2**24])
+        if not got:
             break
-        chunks.append(chunk)
-        left -= len(chunk)
-    return b"".join(chunks)
+        done += got
+    view.release()
+    del buf[done:]
+    return buf
 
 
 def _read_idx(stream: BinaryIO, label: str, sha256: str | None) -> tuple[torch.Tensor, str]:
@@ -130,10 +133,15 @@ def _read_idx(stream: BinaryIO, label: str, sha256: str | None) -> tuple[torch.T
         raise DataError(f"{label}: truncated: {len(data)} data bytes for shape {tuple(dims)} ({size} expected)")
     if stream.read(1):  # one byte is enough to know; the rest is never read
         raise DataError(f"{label}: longer than its header says: more than {size} data bytes for shape {tuple(dims)}")
-    digest = hashlib.sha256(magic + head + data).hexdigest()
+    sha = hashlib.sha256(magic)
+    sha.update(head)
+    sha.update(data)
+    digest = sha.hexdigest()
     if sha256 is not None and digest != sha256:
         raise DataError(f"{label}: checksum mismatch (SHA-256 {digest[:16]}..., expected {sha256[:16]}...)")
-    return torch.frombuffer(bytearray(data), dtype=torch.uint8).reshape(dims), digest
+    if not data:  # torch.frombuffer refuses an empty buffer
+        return torch.zeros(dims, dtype=torch.uint8), digest
+    return torch.frombuffer(data, dtype=torch.uint8).reshape(dims), digest
 
 
 def parse_idx(raw: bytes, label: str, sha256: str | None = None) -> torch.Tensor:
