@@ -8,7 +8,6 @@ import io
 import json
 import os
 import random
-import resource
 import signal
 import stat
 import struct
@@ -20,9 +19,9 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import ROOT, run_cli, write_fake_mnist
 from PIL import Image
 
-from conftest import ROOT, run_cli, write_fake_mnist
 from tinymnist import cli
 from tinymnist.cli import main, seed_list
 from tinymnist.data import DataError, load_mnist, parse_idx
@@ -39,7 +38,6 @@ from tinymnist.records import (
     lock_run,
     release_locks,
     run_identity,
-    save_checkpoint,
     save_state,
 )
 
@@ -248,8 +246,7 @@ def bomb_dir(tmp_path_factory, mnist_dir):
     zeros = bytes(2**24)
     with open(folder / "train-images-idx3-ubyte.gz", "wb") as f:
         f.write(z.compress(HEADER))
-        for _ in range(64):
-            f.write(z.compress(zeros))
+        f.writelines(z.compress(zeros) for _ in range(64))
         f.write(z.flush())
     return folder
 
@@ -281,7 +278,7 @@ def peak_rss_mb(*args: str) -> tuple[float, subprocess.CompletedProcess]:
              "print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss); print(p.returncode); "
              "sys.stderr.write(p.stderr)")
     proc = subprocess.run([sys.executable, "-c", probe, sys.executable, "-m", "tinymnist", *args],
-                          capture_output=True, text=True, cwd=ROOT, timeout=600)
+                          capture_output=True, text=True, cwd=ROOT, timeout=600, check=True)
     kb, code = proc.stdout.split()
     return int(kb) / 1024, subprocess.CompletedProcess(args, int(code), "", proc.stderr)
 
@@ -400,7 +397,8 @@ def test_huge_image_through_the_cli(tmp_path):
 def tiny_disk(tmp_path):
     folder = tmp_path / "tiny"
     folder.mkdir()
-    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(folder)], capture_output=True)
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(folder)], capture_output=True,
+                             check=False)
     if mounted.returncode != 0:
         pytest.skip(f"cannot mount a tmpfs here ({mounted.stderr.decode().strip() or 'not permitted'})")
     try:
@@ -417,6 +415,10 @@ def test_full_disk_is_one_line_and_loses_nothing(tiny_disk, mnist_dir):
     leftovers = [p.name for p in (tiny_disk / "Model_1").iterdir()]
     assert not any(name.endswith(".tmp") for name in leftovers), leftovers  # no half-written file
     assert_clean(run_cli(*args, "--resume"), "No space left on device")  # still no traceback
+    subprocess.run(["mount", "-o", "remount,size=4m", str(tiny_disk)], check=True)  # space freed
+    resumed = run_cli(*args, "--resume")
+    assert resumed.returncode == 0, resumed.stderr
+    assert [e["epoch"] for e in json.loads((tiny_disk / "Model_1" / "seed1.json").read_text())["epochs"]] == [1, 2]
 
 
 # --- 9 and 14. crafted checkpoints, states and records --------------------------------------------------
@@ -686,3 +688,11 @@ def test_fuzzed_files_through_the_cli(tmp_path):
         path.write_bytes(mutate(SHIPPED.read_bytes(), rng))
         proc = run_cli("predict", str(path), str(images[0]))
         assert proc.returncode in (0, 2) and "Traceback" not in proc.stderr, proc.stderr
+
+
+def test_bench_save_onto_a_special_file_is_refused_before_measuring(tmp_path):
+    fifo = tmp_path / "pipe"
+    os.mkfifo(fifo)
+    start = time.perf_counter()
+    assert_clean(run_cli("bench", "Model_1", "--save", str(fifo), "--limit", "64", "--batches", "1"), "special file")
+    assert stat.S_ISFIFO(os.stat(fifo).st_mode) and time.perf_counter() - start < 30

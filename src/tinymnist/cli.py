@@ -17,7 +17,7 @@ from torch import nn
 
 from . import report
 from .data import DataError, load_mnist
-from .files import check_writable
+from .files import check_target, check_writable
 from .export import ExportError
 from .predict import ImageError
 from .recipe import KERNELS
@@ -253,11 +253,17 @@ def _check_batches(model: nn.Module, recipe, n: int) -> None:
                          "cannot train on; choose another --limit, --val or --batch-size")
 
 
-def _check_writable(out: Path) -> None:
+def _check_writable(out: Path, target: Path | None = None) -> None:
+    """Before any long work: the output folder takes files, and `target`, if it exists, is a regular file."""
     try:
         check_writable(out)
     except OSError as e:
         raise DataError(f"output folder {out} is not writable ({e.strerror or e})") from None
+    if target is not None:
+        try:
+            check_target(target)
+        except OSError as e:
+            raise DataError(f"cannot write {target}: {e.strerror}") from None
 
 
 def cmd_eval(args) -> None:
@@ -312,7 +318,7 @@ def cmd_bench(args) -> None:
     device = pick_device(args.device)
     data = load_mnist(args.data_dir).limit(args.limit).to(device)
     if args.save:
-        _check_writable(Path(args.save).parent)
+        _check_writable(Path(args.save).parent, Path(args.save))
     if args.options:
         rows = bench.options(model, data, device, repeat=args.repeat or 3)
         res = {"model": model, "device": str(device), "options": rows}

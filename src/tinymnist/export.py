@@ -8,8 +8,8 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-import warnings
 import tempfile
+import warnings
 from pathlib import Path
 
 import torch

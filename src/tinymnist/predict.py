@@ -56,7 +56,7 @@ def load_grey(path: Path) -> Image.Image:
         raise
     except MemoryError:
         raise
-    except Exception as e:  # decoders raise many kinds of errors on damaged files (SyntaxError, struct.error...)
+    except Exception as e:  # noqa: BLE001  (decoders raise many kinds of errors on damaged files: SyntaxError...)
         raise ImageError(f"{path} is not a readable image ({_first_line(e)})") from None
 
 

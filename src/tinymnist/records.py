@@ -244,7 +244,7 @@ def _check_state(path: Path, state: dict, model_name: str, recipe: Recipe) -> No
             raise CheckpointError(f"{path}: its optimizer settings do not fit {model_name}")
     try:
         optimizer.load_state_dict(saved)
-    except Exception as e:  # any error here is about the file's content, as the optimizer is freshly built
+    except Exception as e:  # noqa: BLE001  (the optimizer is freshly built: any error is about the file)
         raise CheckpointError(f"{path}: its optimizer state does not fit {model_name} ({_reason(e)})") from None
     for group in optimizer.param_groups:
         for p in group["params"]:
