@@ -193,7 +193,7 @@ def test_finished_record_of_another_recipe_is_not_skipped(tmp_path, capsys, mnis
     record.write_text(json.dumps(rec))
     code, err = run_main(capsys, "train", "Model_1", "--epochs", "3", "--limit", "300", "--resume", "--data-dir",
                          mnist_dir, "--out", tmp_path, *FAST)
-    assert code == 2 and "finished run with another recipe (epochs 2, not 3)" in err
+    assert code == 2 and "finished run of Model_1 with another recipe (epochs 2, not 3)" in err
     code, err = run_main(capsys, "train", "Model_1", "--epochs", "2", "--limit", "400", "--resume", "--data-dir",
                          mnist_dir, "--out", tmp_path, *FAST)
     assert code == 2 and "--limit 300, not 400" in err

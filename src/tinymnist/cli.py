@@ -10,6 +10,7 @@ import json
 import os
 import signal
 import sys
+import threading
 from pathlib import Path
 
 import torch
@@ -484,7 +485,9 @@ def _data_args(s: argparse.ArgumentParser) -> None:
 def main(argv: list[str] | None = None) -> int:
     from .__main__ import interrupted, on_sigterm
 
-    if signal.getsignal(signal.SIGTERM) is signal.SIG_DFL:  # when called without __main__'s `run`
+    # called without __main__'s `run` (an old console script, or in-process): handle SIGTERM while we run
+    own = signal.getsignal(signal.SIGTERM) is signal.SIG_DFL and threading.current_thread() is threading.main_thread()
+    if own:
         signal.signal(signal.SIGTERM, on_sigterm)
     try:
         args = build_parser().parse_args(argv)
@@ -500,4 +503,6 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     finally:
         release_locks()
+        if own:
+            signal.signal(signal.SIGTERM, signal.SIG_DFL)
     return 0

@@ -39,7 +39,7 @@ def _write(path: Path, data: bytes) -> None:
 
 
 def write_json(path: Path, obj) -> None:
-    _write(Path(path), (json.dumps(obj, indent=1, allow_nan=False) + "\n").encode())
+    _write(Path(path), (json.dumps(obj, indent=1) + "\n").encode())
 
 
 def record_path(out: Path, model: str, seed: int) -> Path:
@@ -190,15 +190,15 @@ def check_same_run(path: Path, what: str, model_name, recipe, run, want_model: s
     wanted = want_recipe.to_dict()
     if recipe != wanted:
         diff = _differences(recipe if isinstance(recipe, dict) else {}, wanted)
-        raise CheckpointError(f"{path} holds {what} with another recipe ({', '.join(diff[:4])}); resume with the "
-                              "same model and options, or run without --resume to start again")
+        raise CheckpointError(f"{path} holds {what} of {want_model} with another recipe ({', '.join(diff[:4])}); "
+                              "resume with the same model and options, or run without --resume to start again")
     if want_run is not None:
         have = run if isinstance(run, dict) else {}
         want = {k: v for k, v in want_run.items() if k in have or k != "data"}  # records before checksums: no data
         diff = _differences({k: have.get(k) for k in want}, want, RUN_LABELS)
         if diff:
-            raise CheckpointError(f"{path} holds {what} made with other options ({', '.join(diff)}); resume with "
-                                  "the same options, or run without --resume to start again")
+            raise CheckpointError(f"{path} holds {what} of {want_model} made with other options ({', '.join(diff)}); "
+                                  "resume with the same options, or run without --resume to start again")
 
 
 def load_state(path: Path, model_name: str, recipe: Recipe, run: dict | None = None) -> dict:
@@ -328,8 +328,11 @@ def lock_run(record: Path) -> None:
             if same:  # else the holder removed the file as we opened it: lock the new one
                 break
             os.close(fd)
-        os.ftruncate(fd, 0)
-        os.write(fd, f"{os.getpid()}\n".encode())  # for a person wondering who holds it
+        try:  # the pid is for a person wondering who holds the lock; the flock is what counts
+            os.ftruncate(fd, 0)
+            os.write(fd, f"{os.getpid()}\n".encode())
+        except OSError:
+            pass
     except OSError as e:
         raise CheckpointError(write_failure(lock, e)) from None
     _LOCKS[lock] = fd
