@@ -8,6 +8,7 @@ import io
 import json
 import os
 import random
+import re
 import signal
 import stat
 import struct
@@ -696,3 +697,11 @@ def test_bench_save_onto_a_special_file_is_refused_before_measuring(tmp_path):
     start = time.perf_counter()
     assert_clean(run_cli("bench", "Model_1", "--save", str(fifo), "--limit", "64", "--batches", "1"), "special file")
     assert stat.S_ISFIFO(os.stat(fifo).st_mode) and time.perf_counter() - start < 30
+
+
+def test_the_bad_input_table_names_only_tests_that_exist():
+    table = (ROOT / "docs" / "reliability.md").read_text()
+    named = set(re.findall(r"`(test_\w+)`", table))
+    defined = set(re.findall(r"^def (test_\w+)", Path(__file__).read_text(), re.M))
+    assert named and named <= defined, named - defined
+    assert defined - named <= {"test_the_bad_input_table_names_only_tests_that_exist"}, defined - named
