@@ -702,6 +702,6 @@ def test_bench_save_onto_a_special_file_is_refused_before_measuring(tmp_path):
 def test_the_bad_input_table_names_only_tests_that_exist():
     table = (ROOT / "docs" / "reliability.md").read_text()
     named = set(re.findall(r"`(test_\w+)`", table))
-    defined = set(re.findall(r"^def (test_\w+)", Path(__file__).read_text(), re.M))
+    defined = set(re.findall(r"^def (test_\w+)", Path(__file__).read_text(), re.MULTILINE))
     assert named and named <= defined, named - defined
     assert defined - named <= {"test_the_bad_input_table_names_only_tests_that_exist"}, defined - named
