@@ -187,7 +187,7 @@ def check_same_run(path: Path, what: str, model_name, recipe, run, want_model: s
     if model_name != want_model:
         raise CheckpointError(f"{path} holds {what} of {model_name}, not {want_model}; run without --resume "
                               "to start again")
-    wanted = want_recipe.to_dict()
+    wanted = json.loads(json.dumps(want_recipe.to_dict()))  # as a record holds it (JSON has no tuples)
     if recipe != wanted:
         diff = _differences(recipe if isinstance(recipe, dict) else {}, wanted)
         raise CheckpointError(f"{path} holds {what} of {want_model} with another recipe ({', '.join(diff[:4])}); "
