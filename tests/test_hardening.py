@@ -705,3 +705,15 @@ def test_the_bad_input_table_names_only_tests_that_exist():
     defined = set(re.findall(r"^def (test_\w+)", Path(__file__).read_text(), re.MULTILINE))
     assert named and named <= defined, named - defined
     assert defined - named <= {"test_the_bad_input_table_names_only_tests_that_exist"}, defined - named
+
+
+def test_download_onto_a_pipe_is_one_line(tmp_path):
+    from tinymnist.data import download
+
+    raw = gzip.compress(bytes([0, 0, 8, 1, 0, 0, 0, 2, 7, 7]))
+    mirror = tmp_path / "mirror"
+    mirror.mkdir()
+    (mirror / "x.gz").write_bytes(raw)
+    os.mkfifo(tmp_path / "x.gz")
+    with pytest.raises(DataError, match="x.gz: it is a special file"):
+        download(tmp_path, "x", None, mirrors=(mirror.as_uri() + "/",))

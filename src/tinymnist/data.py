@@ -19,7 +19,7 @@ from typing import BinaryIO
 
 import torch
 
-from .files import atomic_write_bytes, describe_missing
+from .files import atomic_write_bytes, describe_missing, write_failure
 
 MEAN, STD = 0.1307, 0.3081  # pixel mean and std of the training set, scaled to [0, 1]
 
@@ -180,7 +180,10 @@ def download(folder: Path, name: str, sha256: str | None, mirrors=MIRRORS, timeo
             errors.append(f"{url}: {getattr(e, 'reason', e)}")
             continue
         target = folder / f"{name}.gz"
-        atomic_write_bytes(target, raw)  # a reader sees either no file or the whole verified file
+        try:
+            atomic_write_bytes(target, raw)  # a reader sees either no file or the whole verified file
+        except OSError as e:  # a full disk, or a pipe or folder of that name
+            raise DataError(write_failure(target, e)) from None
         return target
     raise DataError(
         f"MNIST file {name} is not in {folder} and could not be downloaded ({'; '.join(errors) or 'no mirrors'}); "
