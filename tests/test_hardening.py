@@ -691,6 +691,36 @@ def test_fuzzed_files_through_the_cli(tmp_path):
         assert proc.returncode in (0, 2) and "Traceback" not in proc.stderr, proc.stderr
 
 
+def test_fuzzed_states_through_train_resume(tmp_path, mnist_dir, data_checksums):
+    rng = random.Random(5)
+    recipe = REGISTRY["Model_1"].recipe.with_overrides(epochs=2)
+    state = tmp_path / "Model_1" / "seed1.state.pt"
+    state.parent.mkdir()
+    make_state(state, "Model_1", recipe, run_identity(100, None, data_checksums))
+    good = state.read_bytes()
+    for _ in range(2):
+        state.write_bytes(mutate(good, rng))
+        proc = run_cli("train", "Model_1", "--epochs", "2", "--limit", "100", "--resume", "--data-dir",
+                       str(mnist_dir), "--out", str(tmp_path), *FAST)
+        assert proc.returncode in (0, 2) and "Traceback" not in proc.stderr, proc.stderr
+        if proc.returncode == 2:
+            one_line(proc.stderr)
+
+
+def test_fuzzed_idx_files_raise_only_data_errors():
+    rng = random.Random(3)
+    raw = HEADER[:4] + b"".join(d.to_bytes(4, "big") for d in (5, 28, 28)) + bytes(range(256)) * 15 + bytes(80)
+    seeds = [raw, gzip.compress(raw)]
+    refused = 0
+    for case in range(1000):
+        try:
+            parse_idx(mutate(seeds[case % 2], rng), "fuzz")
+        except DataError as e:
+            assert "\n" not in str(e)
+            refused += 1
+    assert refused > 500
+
+
 def test_bench_save_onto_a_special_file_is_refused_before_measuring(tmp_path):
     fifo = tmp_path / "pipe"
     os.mkfifo(fifo)
