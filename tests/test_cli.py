@@ -40,7 +40,7 @@ def test_recipe_prints_the_final_models_whole_recipe_and_marks_what_differs():
 
 def test_runtime_flags_are_validated_and_a_bad_recipe_override_is_one_line(mnist_dir):
     assert_clean_error(run_cli("train", "Model_9", "--kernels", "turbo"), "invalid choice: 'turbo'")
-    assert_clean_error(run_cli("train", "Model_9", "--lr", "1e39", "--data-dir", str(mnist_dir), "--limit", "64"),
+    assert_clean_error(run_cli("train", "Model_9", "--set", "lr=1e39", "--data-dir", str(mnist_dir), "--limit", "64"),
                        "lr must be finite")
 
 

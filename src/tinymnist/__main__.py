@@ -1,5 +1,20 @@
+"""`python -m tinymnist`: installs the signal handling before the slow imports (torch takes seconds), so
+Ctrl-C or SIGTERM at any moment ends with one line, not a traceback or silence."""
+
+import signal
 import sys
 
-from .cli import main
+from .errors import interrupted, on_sigterm  # the standard library only: quick to import
 
-sys.exit(main())
+
+def run(argv: list[str] | None = None) -> int:
+    signal.signal(signal.SIGTERM, on_sigterm)
+    try:
+        from .cli import main
+    except KeyboardInterrupt as e:
+        return interrupted(e, argv)
+    return main(argv)
+
+
+if __name__ == "__main__":
+    sys.exit(run())

@@ -8,16 +8,19 @@ from __future__ import annotations
 
 import gzip
 import hashlib
+import io
+import math
 import os
 import urllib.request
 import zlib
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import BinaryIO
 
 import torch
 
 from .errors import TinyMnistError
-from .files import atomic_write_bytes
+from .files import atomic_write_bytes, describe_missing, write_failure
 
 MEAN, STD = 0.1307, 0.3081  # pixel mean and std of the training set, scaled to [0, 1]
 
@@ -54,6 +57,7 @@ class MNIST:
     source: str  # the folder the files were read from
     val_images: torch.Tensor | None = None  # held out from the training set by `hold_out`
     val_labels: torch.Tensor | None = None
+    checksums: dict[str, str] | None = None  # SHA-256 of each decompressed file: which data a run was trained on
 
     def to(self, device: torch.device | str) -> MNIST:
         return MNIST(**{k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in vars(self).items()})
@@ -91,31 +95,75 @@ def preprocess(images: torch.Tensor) -> torch.Tensor:
     return standardise(to_unit(images))
 
 
+# The most data bytes an IDX file may declare: MNIST's largest file has 47,040,000; this leaves room for
+# MNIST-like sets (Fashion-MNIST, KMNIST) while a hostile header cannot make us allocate gigabytes.
+MAX_IDX_BYTES = 128 * 2**20
+
+
+def read_idx(stream: BinaryIO, label: str, sha256: str | None = None) -> tuple[torch.Tensor, str]:
+    """Reads an IDX file (gzip-compressed or not) from `stream` into a uint8 tensor, verifying everything.
+
+    The header is read first and only the bytes it declares are read (or decompressed) after it, so a small
+    file that decompresses to gigabytes, or a huge sparse one, is refused without being read. Returns the
+    tensor and the SHA-256 of the decompressed file.
+    """
+    if stream.read(2) == b"\x1f\x8b":
+        stream.seek(0)
+        stream = gzip.GzipFile(fileobj=stream, mode="rb")
+    else:
+        stream.seek(0)
+    try:
+        return _read_idx(stream, label, sha256)
+    except (EOFError, OSError, zlib.error) as e:
+        raise DataError(f"{label}: truncated or corrupt gzip data ({e})") from None
+
+
+def _read_exactly(stream: BinaryIO, n: int) -> bytearray:
+    """Up to `n` bytes, fewer at the end of the stream; read in place, as the pixels are the biggest object."""
+    buf = bytearray(n)
+    view, done = memoryview(buf), 0
+    while done < n:
+        got = stream.readinto(view[done : done + 2**24])
+        if not got:
+            break
+        done += got
+    view.release()
+    del buf[done:]
+    return buf
+
+
+def _read_idx(stream: BinaryIO, label: str, sha256: str | None) -> tuple[torch.Tensor, str]:
+    magic = _read_exactly(stream, 4)
+    if len(magic) < 4 or magic[0] != 0 or magic[1] != 0 or magic[2] != 0x08 or not 1 <= magic[3] <= 4:
+        raise DataError(f"{label}: not an unsigned-byte IDX file (wrong magic number {magic.hex() or 'none'})")
+    ndim = magic[3]
+    head = _read_exactly(stream, 4 * ndim)
+    if len(head) < 4 * ndim:
+        raise DataError(f"{label}: truncated header ({4 + len(head)} bytes)")
+    dims = [int.from_bytes(head[4 * i : 4 * i + 4], "big") for i in range(ndim)]
+    size = math.prod(dims)
+    if size > MAX_IDX_BYTES:
+        raise DataError(f"{label}: its header declares shape {tuple(dims)}, {size:,} bytes, more than the "
+                        f"{MAX_IDX_BYTES:,} an MNIST-sized data set has")
+    data = _read_exactly(stream, size)
+    if len(data) < size:
+        raise DataError(f"{label}: truncated: {len(data)} data bytes for shape {tuple(dims)} ({size} expected)")
+    if stream.read(1):  # one byte is enough to know; the rest is never read
+        raise DataError(f"{label}: longer than its header says: more than {size} data bytes for shape {tuple(dims)}")
+    sha = hashlib.sha256(magic)
+    sha.update(head)
+    sha.update(data)
+    digest = sha.hexdigest()
+    if sha256 is not None and digest != sha256:
+        raise DataError(f"{label}: checksum mismatch (SHA-256 {digest[:16]}..., expected {sha256[:16]}...)")
+    if not data:  # torch.frombuffer refuses an empty buffer
+        return torch.zeros(dims, dtype=torch.uint8), digest
+    return torch.frombuffer(data, dtype=torch.uint8).reshape(dims), digest
+
+
 def parse_idx(raw: bytes, label: str, sha256: str | None = None) -> torch.Tensor:
     """Parses the bytes of an IDX file (gzip-compressed or not) into a uint8 tensor, verifying everything."""
-    if raw[:2] == b"\x1f\x8b":
-        try:
-            raw = gzip.decompress(raw)
-        except (EOFError, OSError, zlib.error) as e:
-            raise DataError(f"{label}: truncated or corrupt gzip data ({e})") from None
-    if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] != 0x08 or not 1 <= raw[3] <= 4:
-        raise DataError(f"{label}: not an unsigned-byte IDX file (wrong magic number {raw[:4].hex() or 'none'})")
-    ndim = raw[3]
-    header = 4 + 4 * ndim
-    if len(raw) < header:
-        raise DataError(f"{label}: truncated header ({len(raw)} bytes)")
-    dims = [int.from_bytes(raw[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim)]
-    size = 1
-    for d in dims:
-        size *= d
-    if len(raw) - header != size:
-        what = "truncated" if len(raw) - header < size else "longer than its header says"
-        raise DataError(f"{label}: {what}: {len(raw) - header} data bytes for shape {tuple(dims)} ({size} expected)")
-    if sha256 is not None:
-        digest = hashlib.sha256(raw).hexdigest()
-        if digest != sha256:
-            raise DataError(f"{label}: checksum mismatch (SHA-256 {digest[:16]}..., expected {sha256[:16]}...)")
-    return torch.frombuffer(bytearray(raw[header:]), dtype=torch.uint8).reshape(dims)
+    return read_idx(io.BytesIO(raw), label, sha256)[0]
 
 
 def resolve_dir(data_dir: str | os.PathLike | None) -> Path:
@@ -149,7 +197,10 @@ def download(folder: Path, name: str, sha256: str | None, mirrors=MIRRORS, timeo
             errors.append(f"{url}: {getattr(e, 'reason', e)}")
             continue
         target = folder / f"{name}.gz"
-        atomic_write_bytes(target, raw)  # a reader sees either no file or the whole verified file
+        try:
+            atomic_write_bytes(target, raw)  # a reader sees either no file or the whole verified file
+        except OSError as e:  # a full disk, or a pipe or folder of that name
+            raise DataError(write_failure(target, e)) from None
         return target
     raise DataError(
         f"MNIST file {name} is not in {folder} and could not be downloaded ({'; '.join(errors) or 'no mirrors'}); "
@@ -173,8 +224,11 @@ def load_mnist(
     folder = resolve_dir(data_dir)
     explicit = folder != DEFAULT_DIR
     if explicit and not folder.is_dir():
-        raise DataError(f"data folder {folder} does not exist (create it to download MNIST there)")
-    tensors = {}
+        why = describe_missing(folder, "folder")
+        given = f"${ENV_VAR}={folder}" if not data_dir else f"data folder {folder}"
+        hint = " (create it to download MNIST there)" if why == "does not exist" else ""
+        raise DataError(f"{given} {why}{hint}")
+    tensors, digests = {}, {}
     for key, (name, _) in FILES.items():
         sha = (checksums or {}).get(name)
         path = find_file(folder, name)
@@ -187,13 +241,13 @@ def load_mnist(
                 raise DataError(f"cannot create data folder {folder}: {e.strerror}") from None
             path = download(folder, name, sha, mirrors)
         try:
-            raw = path.read_bytes()
-        except OSError as e:
+            with path.open("rb") as f:
+                tensors[key], digests[name] = read_idx(f, str(path), sha)
+        except OSError as e:  # opening; read_idx turns errors while reading into DataError
             raise DataError(f"cannot read {path}: {e.strerror}") from None
-        tensors[key] = parse_idx(raw, str(path), sha)
     for split in ("train", "test"):
         images, labels = tensors[f"{split}_images"], tensors[f"{split}_labels"]
-        if images.dim() != 3 or labels.dim() != 1 or len(images) != len(labels):
+        if images.shape[1:] != (28, 28) or labels.dim() != 1 or len(images) != len(labels):
             raise DataError(
                 f"{split} images {tuple(images.shape)} and labels {tuple(labels.shape)} do not match "
                 f"(expected (N, 28, 28) images and N labels)"
@@ -204,4 +258,5 @@ def load_mnist(
         tensors["test_images"],
         tensors["test_labels"].long(),
         str(folder),
+        checksums=digests,
     )

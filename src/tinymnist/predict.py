@@ -7,6 +7,7 @@ round its ink and paper are.
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
 import torch
@@ -14,6 +15,7 @@ import torch.nn.functional as F
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from .errors import TinyMnistError
+from .files import describe_missing
 from .model import log_probs
 
 
@@ -25,18 +27,43 @@ def _to_tensor(img: Image.Image) -> torch.Tensor:
     return torch.frombuffer(bytearray(img.tobytes()), dtype=torch.uint8).view(img.height, img.width).float()
 
 
+FORMATS = ("PNG", "JPEG")  # the raster formats the README promises; others (EPS!) may hand the file to other programs
+MAX_PIXELS = 25_000_000  # a 50-megapixel photo's worth is too much to decode for a 28x28 digit; 5000x5000 is plenty
+
+
 def load_grey(path: Path) -> Image.Image:
+    """Reads a PNG or JPEG file as a grey image; anything else, or anything damaged or huge, is an ImageError."""
     if not path.is_file():
-        raise ImageError(f"{path} does not exist")
+        raise ImageError(f"{path} {describe_missing(path)}")
     try:
-        with Image.open(path) as img:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # the size is checked below
+            img = Image.open(path, formats=FORMATS)
+        with img:
+            if img.width * img.height > MAX_PIXELS:  # decided from the header, before any pixel is decoded
+                raise ImageError(f"{path} is {img.width}x{img.height} pixels, more than the {MAX_PIXELS:,} accepted; "
+                                 "crop or shrink it")
+            img.load()
             img = ImageOps.exif_transpose(img)
             if img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info):
                 paper = Image.new("RGBA", img.size, "white")  # transparent means paper
                 img = Image.alpha_composite(paper, img.convert("RGBA"))
             return img.convert("L")
-    except (UnidentifiedImageError, OSError, ValueError) as e:
-        raise ImageError(f"{path} is not a readable image ({e})") from None
+    except Image.DecompressionBombError:  # Pillow's own limit, far above ours, refused in Image.open
+        raise ImageError(f"{path} has more than {MAX_PIXELS:,} pixels; crop or shrink it") from None
+    except UnidentifiedImageError:
+        raise ImageError(f"{path} is not a readable image (not a PNG or JPEG file)") from None
+    except ImageError:
+        raise
+    except MemoryError:
+        raise
+    except Exception as e:  # noqa: BLE001  (decoders raise many kinds of errors on damaged files: SyntaxError...)
+        raise ImageError(f"{path} is not a readable image ({_first_line(e)})") from None
+
+
+def _first_line(e: Exception) -> str:
+    lines = str(e).strip().splitlines()
+    return lines[0] if lines else type(e).__name__
 
 
 def to_mnist(img: Image.Image) -> torch.Tensor:

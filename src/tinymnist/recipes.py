@@ -133,7 +133,7 @@ class Recipe:
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Recipe:
         """A recipe from a record or checkpoint; the speed settings older records kept in it are left out."""
-        _check(isinstance(data, dict), f"a recipe must be a mapping, not {type(data).__name__}")
+        _check(isinstance(data, dict), f"the recipe is a {type(data).__name__}, not a mapping of its fields")
         data = {k: v for k, v in data.items() if k not in RUNTIME_FIELDS}
         if isinstance(data.get("augment"), dict):
             data["augment"] = Augment(**_known(Augment, data["augment"]))

@@ -7,18 +7,23 @@ written to a temporary file first and renamed into place, so an interrupted writ
 
 from __future__ import annotations
 
+import atexit
+import contextlib
+import fcntl
 import io
 import json
+import math
 import os
 import pickle
 import subprocess
+import warnings
 from pathlib import Path
 
 import torch
 from torch import nn
 
 from .errors import TinyMnistError
-from .files import atomic_write_bytes
+from .files import atomic_write_bytes, describe_missing, write_failure
 from .model import REGISTRY, ROLES, Entry, UnknownModelError, get_entry
 from .recipes import Recipe
 
@@ -29,8 +34,15 @@ class CheckpointError(TinyMnistError):
     pass
 
 
+def _write(path: Path, data: bytes) -> None:
+    try:
+        atomic_write_bytes(path, data)
+    except OSError as e:  # a full disk, a read-only folder, a target that is a device: one line, not a traceback
+        raise CheckpointError(write_failure(path, e)) from None
+
+
 def write_json(path: Path, obj) -> None:
-    atomic_write_bytes(path, (json.dumps(obj, indent=1) + "\n").encode())
+    _write(Path(path), (json.dumps(obj, indent=1) + "\n").encode())
 
 
 def record_path(out: Path, model: str, seed: int) -> Path:
@@ -67,7 +79,7 @@ def save_checkpoint(path: Path, model_name: str, model: nn.Module, recipe: Recip
     buf = io.BytesIO()
     state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}  # clone: not the flat storage
     torch.save({"model": model_name, "recipe": recipe.to_dict(), "state_dict": state, **meta}, buf)
-    atomic_write_bytes(path, buf.getvalue())
+    _write(path, buf.getvalue())
 
 
 def load_checkpoint(path: str | os.PathLike, device: str | torch.device = "cpu", model: Entry | None = None,
@@ -81,20 +93,13 @@ def load_checkpoint(path: str | os.PathLike, device: str | torch.device = "cpu",
     """
     path = resolve_checkpoint(str(path))
     if not path.is_file():
-        raise CheckpointError(f"checkpoint {path} does not exist")
-    try:
-        ckpt = torch.load(path, map_location=device, weights_only=True)
-    except pickle.UnpicklingError as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else "unpickling failed"
-        raise CheckpointError(f"{path}: refused, not a plain weights checkpoint ({first})") from None
-    except Exception as e:  # noqa: BLE001  torch.load raises many kinds of errors on garbage: all mean "not one"
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise CheckpointError(f"{path}: not a readable checkpoint ({first})") from None
+        raise CheckpointError(f"checkpoint {path} {describe_missing(path)}")
+    ckpt = _torch_load(path, "checkpoint", device)
     if not isinstance(ckpt, dict) or not {"model", "state_dict"} <= set(ckpt):
         raise CheckpointError(f"{path}: not a tinymnist checkpoint (no model name and state_dict)")
     name = ckpt["model"]
     if not isinstance(name, str):
-        raise CheckpointError(f"{path}: not a tinymnist checkpoint (its model name is not a string)")
+        raise CheckpointError(f"{path}: not a tinymnist checkpoint (its model name is a {type(name).__name__})")
     if ckpt.get("source") is not None or ":" in name:
         entry = _user_entry(path, ckpt, model, force, warn)
     else:
@@ -109,11 +114,10 @@ def load_checkpoint(path: str | os.PathLike, device: str | torch.device = "cpu",
         model = entry.build(recipe)
     except TinyMnistError as e:
         raise CheckpointError(f"{path}: {e}") from None
-    try:
-        model.load_state_dict(ckpt["state_dict"])
-    except RuntimeError as e:
-        raise CheckpointError(f"{path}: weights do not fit {name} ({str(e).splitlines()[0]})") from None
-    return name, model.to(device), ckpt
+    except TypeError as e:  # a recipe field of the wrong kind
+        raise CheckpointError(f"{path}: its recipe is not a valid one ({e})") from None
+    load_weights(model, ckpt["state_dict"], f"{path}: weights", entry.name)
+    return entry.name, model.to(device), ckpt
 
 
 def _user_entry(path: Path, ckpt: dict, model: Entry | None, force: bool, warn) -> Entry:
@@ -134,28 +138,266 @@ def _user_entry(path: Path, ckpt: dict, model: Entry | None, force: bool, warn) 
     return model
 
 
-def save_state(path: Path, model_name: str, recipe: Recipe, state: dict) -> None:
+def _reason(e: Exception) -> str:
+    """The part of torch.load's error that describes the file, without its advice to load it unsafely."""
+    text = str(e)
+    if "WeightsUnpickler error:" in text:
+        text = text.split("WeightsUnpickler error:", 1)[1]
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    if not lines:
+        return type(e).__name__
+    first = lines[0]
+    for advice in (" Please ", "Check the documentation", "weights_only"):
+        first = first.split(advice)[0].strip() or first
+    return first if "weights_only" not in first else type(e).__name__
+
+
+def _torch_load(path: Path, what: str, device="cpu"):
+    try:
+        with warnings.catch_warnings():  # e.g. about pickle protocols: the user can do nothing about it
+            warnings.simplefilter("ignore")
+            return torch.load(path, map_location=device, weights_only=True)
+    except pickle.UnpicklingError as e:
+        raise CheckpointError(f"{path}: refused, not a plain weights {what} ({_reason(e)})") from None
+    except Exception as e:  # noqa: BLE001  torch.load raises many kinds of errors on garbage: all mean "not one"
+        raise CheckpointError(f"{path}: not a readable {what} ({_reason(e)})") from None
+
+
+def load_weights(model: nn.Module, weights, what: str, name: str) -> None:
+    """Loads `weights` into `model` after checking them: names, shapes, dtypes, and finite values.
+
+    `what` begins the error message ("FILE: weights"); the message names the tensors that differ.
+    """
+    if not isinstance(weights, dict) or not all(isinstance(k, str) for k in weights):
+        raise CheckpointError(f"{what} are not a dictionary of named tensors")
+    expected = model.state_dict()
+    problems = [f"{k} missing" for k in expected if k not in weights]
+    problems += [f"unexpected {k}" for k in weights if k not in expected]
+    for k, want in expected.items():
+        got = weights.get(k)
+        if k not in weights:
+            continue
+        if not isinstance(got, torch.Tensor):
+            problems.append(f"{k} is a {type(got).__name__}, not a tensor")
+        elif got.shape != want.shape:
+            problems.append(f"{k} is {tuple(got.shape)}, expected {tuple(want.shape)}")
+        elif got.is_floating_point() != want.is_floating_point() or got.is_complex():
+            problems.append(f"{k} is {got.dtype}, expected {want.dtype}")
+        elif got.is_floating_point() and not torch.isfinite(got).all():
+            problems.append(f"{k} has NaN or infinite values")
+    if problems:
+        more = f" and {len(problems) - 3} more" if len(problems) > 3 else ""
+        raise CheckpointError(f"{what} do not fit {name}: {'; '.join(problems[:3])}{more}")
+    model.load_state_dict(weights)
+
+
+def run_identity(limit: int | None, val: int | None, checksums: dict | None) -> dict:
+    """What, besides the model and recipe, decides what a run trains on: resuming must not mix runs."""
+    return {"limit": limit, "val": val, "data": checksums}
+
+
+def save_state(path: Path, model_name: str, recipe: Recipe, state: dict, run: dict | None = None) -> None:
     """The resumable state of a run after an epoch (see `engine.training_state`), written atomically."""
     buf = io.BytesIO()
-    torch.save({"model_name": model_name, "recipe": recipe.to_dict(), **state}, buf)
-    atomic_write_bytes(path, buf.getvalue())
+    torch.save({"model_name": model_name, "recipe": recipe.to_dict(), "run": run, **state}, buf)
+    _write(path, buf.getvalue())
 
 
-def load_state(path: Path, model_name: str, recipe: Recipe) -> dict:
+def _differences(what: dict, wanted: dict, labels: dict[str, str] | None = None) -> list[str]:
+    """'--limit 500, not 1000'-style phrases for the keys whose values differ."""
+    out = []
+    for key in sorted(set(what) | set(wanted), key=str):
+        if what.get(key) != wanted.get(key):
+            label = (labels or {}).get(key, str(key))
+            have, want = what.get(key, "none"), wanted.get(key, "none")
+            if isinstance(have, dict) or isinstance(want, dict):
+                out.append(f"other {label}")
+            else:
+                out.append(f"{label} {'none' if have is None else have}, not {'none' if want is None else want}")
+    return out
+
+
+RUN_LABELS = {"limit": "--limit", "val": "--val", "data": "data (checksums differ)"}
+
+
+def _same_recipe(recipe, want: Recipe) -> bool:
+    """Whether a recipe as a file holds it is `want` (older files also hold speed settings, ignored here)."""
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # noqa: BLE001  see load_checkpoint
-        raise CheckpointError(f"{path}: not a readable training state ({str(e).strip().splitlines()[0]})") from None
-    try:
-        same = state.get("model_name") == model_name and Recipe.from_dict(state.get("recipe")) == recipe
-    except TinyMnistError:
-        same = False
-    if not same:
-        raise CheckpointError(
-            f"{path} holds a run of {state.get('model_name')} with another recipe; "
-            "resume with the same model and options, or run without --resume to start again"
-        )
+        return Recipe.from_dict(json.loads(json.dumps(recipe))) == Recipe.from_dict(json.loads(json.dumps(
+            want.to_dict())))  # both as JSON holds them: it has no tuples
+    except (TinyMnistError, TypeError, ValueError):
+        return False
+
+
+def check_same_run(path: Path, what: str, model_name, recipe, run, want_model: str, want_recipe: Recipe,
+                   want_run: dict | None) -> None:
+    """Refuses to resume or skip a run whose model, recipe or data options differ, naming the differences."""
+    if model_name != want_model:
+        raise CheckpointError(f"{path} holds {what} of {model_name}, not {want_model}; run without --resume "
+                              "to start again")
+    wanted = json.loads(json.dumps(want_recipe.to_dict()))  # as a record holds it (JSON has no tuples)
+    if not _same_recipe(recipe, want_recipe):
+        diff = _differences(recipe if isinstance(recipe, dict) else {}, wanted)
+        raise CheckpointError(f"{path} holds {what} of {want_model} with another recipe ({', '.join(diff[:4])}); "
+                              "resume with the same model and options, or run without --resume to start again")
+    if want_run is not None:
+        have = run if isinstance(run, dict) else {}
+        want = {k: v for k, v in want_run.items() if k in have or k != "data"}  # records before checksums: no data
+        diff = _differences({k: have.get(k) for k in want}, want, RUN_LABELS)
+        if diff:
+            raise CheckpointError(f"{path} holds {what} of {want_model} made with other options ({', '.join(diff)}); "
+                                  "resume with the same options, or run without --resume to start again")
+
+
+def load_state(path: Path, entry: Entry, recipe: Recipe, run: dict | None = None) -> dict:
+    """A saved training state, checked to hold the same run (model, recipe, `run_identity`) and to fit it."""
+    model_name = entry.name
+    state = _torch_load(path, "training state")
+    if not isinstance(state, dict):
+        raise CheckpointError(f"{path}: not a tinymnist training state (it holds a {type(state).__name__})")
+    if run is not None and not isinstance(state.get("run"), dict):
+        raise CheckpointError(f"{path} does not say which data and options it was made with (an older tinymnist); "
+                              "run without --resume to start again")
+    check_same_run(path, "a run", state.get("model_name"), state.get("recipe"), state.get("run"), model_name, recipe,
+                   run)
+    _check_state(path, state, entry, recipe)
     return state
+
+
+def _check_state(path: Path, state: dict, entry: Entry, recipe: Recipe) -> None:
+    """Restores `state` into a throwaway model and optimizer, so a crafted or damaged state is refused here
+    with a line naming the file, not with a traceback from deep inside training."""
+    from .engine import make_ema, make_optimizer
+    from .runtime import Runtime, apply
+
+    model_name = entry.name
+    history = state.get("history")
+    if not isinstance(history, list) or not 0 < len(history) <= recipe.epochs or not all(
+        isinstance(row, dict) and row.get("epoch") == i + 1 and _finite_number(row.get("test_acc"))
+        for i, row in enumerate(history)
+    ):
+        raise CheckpointError(f"{path}: its history is not a list of the first epochs of {recipe.epochs}")
+    rng = state.get("rng")
+    if not isinstance(rng, torch.Tensor) or rng.dtype != torch.uint8 or rng.shape != torch.get_rng_state().shape:
+        raise CheckpointError(f"{path}: its random number generator state is not a valid one")
+    model = apply(entry.build(recipe), recipe, Runtime())
+    load_weights(model, state.get("model"), f"{path}: its model weights", model_name)
+    optimizer = make_optimizer(model, recipe)
+    saved = state.get("optimizer")
+    fresh = optimizer.state_dict()
+    if not isinstance(saved, dict) or not isinstance(saved.get("state"), dict) or not isinstance(
+        saved.get("param_groups"), list
+    ) or len(saved["param_groups"]) != len(fresh["param_groups"]):
+        raise CheckpointError(f"{path}: its optimizer state does not fit {model_name}")
+    for got, want in zip(saved["param_groups"], fresh["param_groups"]):
+        if not isinstance(got, dict) or any(not _same_kind(got.get(k, KeyError), v) for k, v in want.items()
+                                            if k != "params"):
+            raise CheckpointError(f"{path}: its optimizer settings do not fit {model_name}")
+    try:
+        optimizer.load_state_dict(saved)
+    except Exception as e:  # noqa: BLE001  (the optimizer is freshly built: any error is about the file)
+        raise CheckpointError(f"{path}: its optimizer state does not fit {model_name} ({_reason(e)})") from None
+    for group in optimizer.param_groups:
+        for p in group["params"]:
+            for v in optimizer.state.get(p, {}).values():
+                if not isinstance(v, torch.Tensor) or (v.dim() > 0 and v.shape != p.shape) or (
+                    v.is_floating_point() and not torch.isfinite(v).all()
+                ):
+                    raise CheckpointError(f"{path}: its optimizer state does not fit {model_name}")
+    ema = make_ema(model, recipe)
+    if ema is not None:
+        load_weights(ema, state.get("ema"), f"{path}: its averaged weights", model_name)
+
+
+def _finite_number(x) -> bool:
+    return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
+
+
+def _same_kind(got, want) -> bool:
+    """An optimizer setting of the type the optimizer uses (an int may stand for a float)."""
+    if want is None or isinstance(want, bool):
+        return got is None or isinstance(got, bool) if want is None else isinstance(got, bool)
+    if isinstance(want, (int, float)):
+        return _finite_number(got)
+    if isinstance(want, (tuple, list)):
+        return isinstance(got, (tuple, list)) and len(got) == len(want) and all(map(_same_kind, got, want))
+    return type(got) is type(want)
+
+
+def load_record(path: Path) -> dict:
+    """A run record, checked to be an object with a list of epochs that each have a test accuracy."""
+    try:
+        rec = json.loads(Path(path).read_text())
+    except (OSError, UnicodeDecodeError, ValueError) as e:
+        raise CheckpointError(f"{path}: not a readable record ({getattr(e, 'strerror', None) or e})") from None
+    if not isinstance(rec, dict) or not isinstance(rec.get("epochs"), list) or not all(
+        isinstance(row, dict) and _finite_number(row.get("test_acc")) for row in rec["epochs"]
+    ):
+        raise CheckpointError(f"{path}: not a tinymnist record (no list of epochs with test accuracies)")
+    return rec
+
+
+def check_finished(path: Path, model_name: str, recipe: Recipe, run: dict) -> dict:
+    """The finished record at `path`, if it is of the same run (see `check_same_run`); --resume then skips it."""
+    rec = load_record(path)
+    have = {k: rec.get(k) for k in ("limit", "val")}
+    if "data" in rec:
+        have["data"] = rec["data"]
+    check_same_run(path, "a finished run", rec.get("model"), rec.get("recipe"), have, model_name, recipe, run)
+    if len(rec["epochs"]) != recipe.epochs:
+        raise CheckpointError(f"{path} holds a finished run of {len(rec['epochs'])} epochs, not {recipe.epochs}")
+    return rec
+
+
+# Locks held by this process, released by `release_locks` (and by the system if the process dies).
+_LOCKS: dict[Path, int] = {}
+
+
+def lock_run(record: Path) -> None:
+    """Takes the lock of a run (`seedN.lock` beside its record) or refuses with one line.
+
+    flock locks belong to the open file, so the system releases them when the process ends, even by
+    SIGKILL: a lock file left behind by a crash is never mistaken for a running run.
+    """
+    lock = record.with_suffix(".lock")
+    if lock in _LOCKS:
+        return
+    try:
+        lock.parent.mkdir(parents=True, exist_ok=True)
+        while True:
+            fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o666)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                os.close(fd)
+                raise CheckpointError(f"another tinymnist run is writing {record} (it holds {lock}); wait for it to "
+                                      "finish, or use another --out or seed") from None
+            try:
+                same = os.stat(lock).st_ino == os.fstat(fd).st_ino
+            except FileNotFoundError:
+                same = False
+            if same:  # else the holder removed the file as we opened it: lock the new one
+                break
+            os.close(fd)
+        try:  # the pid is for a person wondering who holds the lock; the flock is what counts
+            os.ftruncate(fd, 0)
+            os.write(fd, f"{os.getpid()}\n".encode())
+        except OSError:
+            pass
+    except OSError as e:
+        raise CheckpointError(write_failure(lock, e)) from None
+    _LOCKS[lock] = fd
+
+
+def release_locks() -> None:
+    for lock, fd in list(_LOCKS.items()):
+        with contextlib.suppress(OSError):
+            os.unlink(lock)  # while still held, so no other run can have locked this file
+        os.close(fd)
+        del _LOCKS[lock]
+
+
+atexit.register(release_locks)
 
 
 def load_teachers(recipe: Recipe, device: str | torch.device, results: Path = RESULTS_DIR) -> list[nn.Module]:
