@@ -702,18 +702,25 @@ def draw_figures(results: Path, fig_dir: Path, data_dir=None) -> list[Path]:
     return made
 
 
+# shipped beside the role models: the reference's last step, so `serve` can show it against them
+SHIPPED_EXTRA = ("Model_6",)
+
+
 def ship_weights(results: Path, weights_dir: Path) -> list[Path]:
-    """Copies the seed-1 checkpoint of each role's model (`model.ROLES`) into the package, with where it came
-    from, so `eval final` and `predict final` work from an installed package. Nothing in training reads them."""
+    """Copies the seed-1 checkpoint of each role's model (`model.ROLES`) and of each model in `SHIPPED_EXTRA`
+    into the package, with where it came from, so `eval final`, `predict final` and `serve` work from an
+    installed package. Nothing in training reads them."""
     import shutil
 
     from .records import write_json
 
     shipped = []
-    for role, name in ROLES.items():
+    wanted = [*ROLES.items(), *((None, name) for name in SHIPPED_EXTRA if name not in ROLES.values())]
+    for role, name in wanted:
         src, record = results / name / "seed1.pt", results / name / "seed1.json"
         if not (src.is_file() and record.is_file()):
-            raise ReportError(f"no seed-1 checkpoint and record of the {role} model {name} in {results}/")
+            which = f"the {role} model {name}" if role else name
+            raise ReportError(f"no seed-1 checkpoint and record of {which} in {results}/")
         rec = json.loads(record.read_text())
         dest = weights_dir / f"{name}.pt"
         weights_dir.mkdir(parents=True, exist_ok=True)
@@ -723,7 +730,7 @@ def ship_weights(results: Path, weights_dir: Path) -> list[Path]:
             "test_acc": rec["epochs"][-1]["test_acc"], "test_correct": rec["epochs"][-1]["test_correct"],
         })
         shipped.append(dest)
-    for stale in weights_dir.glob("*.pt"):  # a model that lost its role no longer ships
+    for stale in weights_dir.glob("*.pt"):  # a model that lost its role (and is no extra) no longer ships
         if stale not in shipped:
             stale.unlink()
             stale.with_suffix(".json").unlink(missing_ok=True)
