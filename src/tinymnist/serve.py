@@ -10,6 +10,7 @@ preprocessing as `predict` (`predict.to_mnist`, then `data.preprocess` inside `m
 from __future__ import annotations
 
 import base64
+import contextlib
 import http.client
 import io
 import json
@@ -243,17 +244,26 @@ class Handler(BaseHTTPRequestHandler):
         if self.server.verbose:
             super().log_message(format, *args)
 
+    def send_error(self, code: int, message: str | None = None, explain: str | None = None) -> None:
+        """http.server's own errors (a malformed request line or header, an unknown method) as JSON too."""
+        self.close_connection = True
+        with contextlib.suppress(OSError):  # the client left
+            self._error(HTTPStatus(code), message or HTTPStatus(code).phrase)
+
     def _guard(self, handle) -> None:
         try:
-            handle()
-        except RequestError as e:
-            self._error(e.status, str(e))
-        except (BrokenPipeError, ConnectionResetError):
-            self.close_connection = True  # the client left
-        except Exception:  # noqa: BLE001  a bug: logged with its traceback, answered as one, the server lives on
-            traceback.print_exc(file=sys.stderr)
+            try:
+                handle()
+            except RequestError as e:
+                self._error(e.status, str(e))
+            except OSError:
+                raise
+            except Exception:  # noqa: BLE001  a bug: logged with its traceback, answered as one, the server lives on
+                traceback.print_exc(file=sys.stderr)
+                self.close_connection = True
+                self._error(HTTPStatus.INTERNAL_SERVER_ERROR, "internal error (logged by the server)")
+        except OSError:  # the client left or stalled (a socket timeout is an OSError too)
             self.close_connection = True
-            self._error(HTTPStatus.INTERNAL_SERVER_ERROR, "internal error (logged by the server)")
 
     # --- routes
     def do_GET(self) -> None:
@@ -322,7 +332,9 @@ class Handler(BaseHTTPRequestHandler):
         else:
             img, obj = decode_grey(body)
         key = obj.get("model") or query.get("model", [self.server.default])[0]
-        served = self.server.models.get(key) if isinstance(key, str) else None
+        if not isinstance(key, str):
+            raise RequestError(HTTPStatus.BAD_REQUEST, "the model is a name: one of " + ", ".join(self.server.models))
+        served = self.server.models.get(key)
         if served is None:
             raise RequestError(HTTPStatus.NOT_FOUND,
                                f"unknown model {key!r}; served: {', '.join(self.server.models)}")
