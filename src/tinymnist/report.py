@@ -365,7 +365,8 @@ def bench_tables(results: Path, base: str = ".") -> str:
         "|---|---:|---:|---:|---|",
     ]
     options = [rec for rec in recs if "options" in rec]
-    recs = [rec for rec in recs if "options" not in rec]
+    serving = [rec for rec in recs if rec.get("kind") == "serve"]
+    recs = [rec for rec in recs if "options" not in rec and rec.get("kind") != "serve"]
     for rec in recs:
         if "fast_img_s" in rec:
             settings = ", ".join(f"{k}={v}" for k, v in rec["settings"].items())
@@ -400,7 +401,16 @@ def bench_tables(results: Path, base: str = ".") -> str:
                 else ""
             lines.append(f"| {row['variant']}{extra} | {row['batch_size']} | {row['img_s']:,.0f} | "
                          f"{row['img_s'] / first:.2f}x |")
-    everything = recs + options
+    for rec in serving:
+        lines += ["", (f"Serving: `tinymnist serve` under a bounded load ({rec['where']}) "
+                       f"([{Path(rec['_path']).name}]({link(rec['_path'], base)})):"), "",
+                  "| model | request | clients x requests | answered | errors | requests/s | p50 latency "
+                  "| p99 latency |",
+                  "|---|---|---:|---:|---:|---:|---:|---:|",
+                  f"| {rec['model']} ({rec['model_key']}) | {rec['request']} | {rec['clients']} x "
+                  f"{rec['requests_per_client']} | {rec['requests']:,} | {rec['errors']} | {rec['req_s']:,.0f} | "
+                  f"{rec['p50_ms']:.1f} ms | {rec['p99_ms']:.1f} ms |"]
+    everything = recs + options + serving
     m = everything[0]["machine"]
     lines += ["", f"Measured on: {m['cpu']}, {m['cores']} cores, {m['torch_threads']} torch threads, "
                   f"{m['system']}, torch {everything[0]['torch']}. Commands: "
