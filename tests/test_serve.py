@@ -17,6 +17,7 @@ from PIL import Image, ImageDraw
 
 from conftest import ROOT
 from tinymnist import serve
+from tinymnist.cli import main
 from tinymnist.predict import classify, to_mnist
 from tinymnist.records import load_checkpoint
 
@@ -197,7 +198,8 @@ def test_the_cli_serves_the_shipped_models_and_a_checkpoint_file(tmp_path):
     models, default = serve.load_models(str(tmp_path / "mine.pt"))
     assert default == "mine.pt" and list(models) == ["final", "tiny", "Model_6", "mine.pt"]
     assert models["mine.pt"].info["source"] == "checkpoint mine.pt" and models["mine.pt"].info["test_acc"] is None
-    assert serve.load_models("tiny")[1] == "tiny"
+    assert serve.load_models("tiny")[1] == "tiny" and serve.load_models("Model_41")[1] == "final"
+    assert main(["serve", str(tmp_path / "missing.pt")]) == 2 and main(["serve", "Model_11"]) == 2  # not shipped
 
 
 # --- the page in a real browser ----------------------------------------------------------------------

@@ -31,7 +31,7 @@ from PIL import Image, ImageDraw, ImageOps, UnidentifiedImageError
 from torch import nn
 
 from .errors import TinyMnistError
-from .model import count_params, log_probs
+from .model import REGISTRY, count_params, log_probs, resolve_name
 from .predict import to_mnist
 from .records import WEIGHTS_DIR, load_checkpoint, resolve_checkpoint
 from .summary import layer_table
@@ -138,6 +138,9 @@ def load_models(extra: str | None = None) -> tuple[dict[str, Served], str]:
         return models, SHIPPED[0]
     if extra in models:
         return models, extra
+    same = next((k for k, m in models.items() if extra in REGISTRY and m.name == resolve_name(extra)), None)
+    if same:  # "Model_41" is the shipped "final"
+        return models, same
     key = Path(extra).name if Path(extra).suffix else extra
     models[key] = load_served(key, extra)
     return models, key
@@ -461,5 +464,7 @@ def serve(source: str | None = None, host: str = "127.0.0.1", port: int = 8000, 
         print(f"note: listening on {host}, not only this machine's loopback", file=sys.stderr)
     try:
         server.serve_forever()
+    except KeyboardInterrupt:
+        print("stopped", file=sys.stderr)
     finally:
         server.server_close()
