@@ -384,14 +384,14 @@ def drawn_digit_png(size: int = 280) -> bytes:
 
 
 def load_test(host: str, port: int, body: bytes, model: str, clients: int = 8, requests: int = 250,
-              timeout: float = 30.0) -> dict:
-    """`clients` threads, each with one keep-alive connection, each POSTing `body` to /api/predict `requests`
-    times: requests/s over the whole run and latency percentiles. Every request is counted: answered 200,
-    answered otherwise, or failed."""
+              features: bool = True, timeout: float = 30.0) -> dict:
+    """`clients` threads, each with one keep-alive connection, each POSTing `body` (a PNG) to /api/predict
+    `requests` times: requests/s over the whole run and latency percentiles. Every request is counted:
+    answered 200, answered otherwise, or failed."""
     latencies: list[float] = []
     errors: list[str] = []
     lock = threading.Lock()
-    path = f"/api/predict?model={model}"
+    path = f"/api/predict?model={model}" + ("" if features else "&features=0")
 
     def client() -> None:
         conn = http.client.HTTPConnection(host, port, timeout=timeout)
@@ -435,9 +435,17 @@ def load_test(host: str, port: int, body: bytes, model: str, clients: int = 8, r
     }
 
 
+def one_thread_per_request() -> None:
+    """Each request runs its few small tensor operations on one torch thread: the concurrent requests are the
+    parallelism. Splitting a 28x28 forward pass over threads costs more than it saves, far more on a busy
+    machine, where a thread that waits for the others is often descheduled."""
+    torch.set_num_threads(1)
+
+
 def bench_serve(model: str | None = None, clients: int = 8, requests: int = 250) -> dict:
     """Starts the server on a free loopback port in this process and load-tests it with the page's request
     (a 280x280 PNG of a drawn digit, feature maps included)."""
+    one_thread_per_request()
     models, default = load_models(model)
     server = make_server(models, default, "127.0.0.1", 0)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
@@ -451,12 +459,13 @@ def bench_serve(model: str | None = None, clients: int = 8, requests: int = 250)
         server.server_close()
     return {"kind": "serve", "model": models[default].name, "model_key": default,
             "request": f"POST /api/predict, a {len(body):,}-byte 280x280 PNG of a drawn digit, feature maps included",
-            "where": "loopback; the clients run in the server's process", "threads": torch.get_num_threads(),
+            "where": "loopback; the clients run in the server's process", "torch_threads": torch.get_num_threads(),
             **res}
 
 
 def serve(source: str | None = None, host: str = "127.0.0.1", port: int = 8000, verbose: bool = False) -> None:
     """Loads the models, prints the address and serves until interrupted."""
+    one_thread_per_request()
     models, default = load_models(source)
     server = make_server(models, default, host, port)
     print(f"serving {', '.join(f'{k} ({m.name})' for k, m in models.items())} at {server.url}", flush=True)
