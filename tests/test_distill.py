@@ -12,7 +12,7 @@ from tinymnist.engine import Ensemble, fit, make_teacher, set_seed, training_los
 from tinymnist.model import REGISTRY, ROLES, create_model, log_probs
 from tinymnist.recipes import Recipe, RecipeError
 from tinymnist.records import CheckpointError, load_teachers
-from tinymnist.report import ReportError, ship_weights
+from tinymnist.report import SHIPPED_EXTRA, ReportError, ship_weights
 from tinymnist.runtime import Runtime
 
 RESULTS = Path(__file__).resolve().parent.parent / "results"
@@ -125,18 +125,23 @@ def test_a_teacher_ensemble_averages_its_members_log_probabilities(tmp_path):
         load_teachers(TAUGHT.with_overrides(teacher_seeds=3), CPU, tmp_path)
 
 
-def test_ship_weights_ships_the_role_models_only_and_says_which(tmp_path):
+def test_ship_weights_ships_the_role_models_and_the_extras_only_and_says_which(tmp_path):
     results = tmp_path / "results"
-    for name in [*ROLES.values(), "Model_11"]:
+    for name in [*ROLES.values(), *SHIPPED_EXTRA, "Model_11"]:
         (results / name).mkdir(parents=True)
         shutil.copyfile(RESULTS / "Model_11" / "seed1.pt", results / name / "seed1.pt")  # any file: only copied
         (results / name / "seed1.json").write_text('{"seed": 1, "epochs": [{"test_acc": 99.0, "test_correct": 9900}]}')
     (tmp_path / "weights").mkdir()
     (tmp_path / "weights" / "Model_11.pt").write_bytes(b"stale")
     shipped = ship_weights(results, tmp_path / "weights")
-    assert sorted(p.stem for p in shipped) == sorted(ROLES.values())
+    assert sorted(p.stem for p in shipped) == sorted({*ROLES.values(), *SHIPPED_EXTRA})
     assert not (tmp_path / "weights" / "Model_11.pt").exists()  # a teacher holds no role: nothing ships it
     assert json.loads((tmp_path / "weights" / f"{ROLES['final']}.json").read_text())["role"] == "final"
+    assert json.loads((tmp_path / "weights" / "Model_6.json").read_text())["role"] is None  # an extra, no role
     (results / ROLES["tiny"] / "seed1.pt").unlink()
     with pytest.raises(ReportError, match=f"no seed-1 checkpoint and record of the tiny model {ROLES['tiny']}"):
+        ship_weights(results, tmp_path / "weights")
+    shutil.copyfile(RESULTS / "Model_11" / "seed1.pt", results / ROLES["tiny"] / "seed1.pt")
+    (results / "Model_6" / "seed1.pt").unlink()
+    with pytest.raises(ReportError, match="no seed-1 checkpoint and record of Model_6"):
         ship_weights(results, tmp_path / "weights")

@@ -225,3 +225,16 @@ def test_the_overview_gives_each_step_its_path_and_links_its_heading(monkeypatch
     assert path[1] == path[6] == "reference" and path[7] == path[11] == "final"
     assert path[8] == path[14] == "tiny" and path[22] == "speed" and path[41] == "speed, **final model**"
     assert rows[40].startswith("| [41](#step-41-the-last-model_41) |") and rows[0].startswith("| 1 |")
+
+
+def test_a_serve_record_gets_its_own_table_with_throughput_and_latency(tmp_path):
+    folder = tmp_path / "bench"
+    folder.mkdir()
+    machine = {"cpu": "x", "cores": 2, "torch_threads": 2, "system": "Linux"}
+    rec = {"kind": "serve", "model": "Model_41", "model_key": "final", "request": "POST a PNG", "where": "loopback",
+           "clients": 8, "requests_per_client": 250, "requests": 2000, "errors": 0, "req_s": 156.8, "p50_ms": 48.91,
+           "p99_ms": 67.68, "machine": machine, "command": "tinymnist bench --serve", "torch": "2"}
+    (folder / "21-serve.json").write_text(json.dumps(rec))
+    table = bench_tables(tmp_path)
+    assert "| Model_41 (final) | POST a PNG | 8 x 250 | 2,000 | 0 | 157 | 48.9 ms | 67.7 ms |" in table
+    assert "`tinymnist bench --serve`" in table and "vs baseline" not in table

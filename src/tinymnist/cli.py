@@ -52,6 +52,16 @@ def positive_int(text: str) -> int:
     return value
 
 
+def port(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if not 0 <= value <= 65535:
+        raise argparse.ArgumentTypeError(f"expected a port from 0 to 65535 (0: any free one), got {text!r}")
+    return value
+
+
 def seed_int(text: str) -> int:
     try:
         value = int(text)
@@ -300,6 +310,9 @@ def cmd_export(args) -> None:
 def cmd_bench(args) -> None:
     from . import bench
 
+    if args.serve:
+        _bench_serve(args)
+        return
     model = resolve_name(args.model or ("final" if args.epochs else "Model_6"))
     device = pick_device(args.device)
     runtime = _runtime(args, device)
@@ -347,6 +360,30 @@ def cmd_bench(args) -> None:
     print(f"  baseline pipeline (batch 64):  {res['baseline_img_s']:8.0f} images/s  "
           f"{res['baseline_gflop_s']:.1f} GFLOP/s")
     print(f"  ratio {res['ratio']:.2f}x; {res['train_flops_per_image'] / 1e6:.2f} MFLOP to train on one image")
+
+
+def _bench_serve(args) -> None:
+    """A bounded load test of `tinymnist serve` on loopback: requests/s and p50/p99 latency."""
+    from .serve import bench_serve
+
+    if args.save:
+        _check_writable(Path(args.save).parent)
+    res = bench_serve(args.model, clients=args.clients, requests=args.requests)
+    _save_bench(args, res)
+    if args.json:
+        print(json.dumps(res, indent=1))
+        return
+    print(f"{res['model']} served on loopback: {res['clients']} clients x {res['requests_per_client']} requests, "
+          f"{res['requests']} answered in {res['seconds']:.1f} s, {res['errors']} errors")
+    print(f"  {res['req_s']:.0f} requests/s, latency p50 {res['p50_ms']:.1f} ms, p99 {res['p99_ms']:.1f} ms")
+    if res["errors"]:
+        raise UsageError(f"{res['errors']} of {res['requests']} requests failed: {', '.join(res['error_kinds'])}")
+
+
+def cmd_serve(args) -> None:
+    from .serve import serve
+
+    serve(args.model, args.host, args.port, verbose=args.verbose)
 
 
 def _save_bench(args, res: dict) -> None:
@@ -472,10 +509,25 @@ def build_parser() -> Parser:
     s.add_argument("--options", action="store_true",
                    help="instead, compare the project pipeline's speed options (dropout, layout, batch, compile)")
     s.add_argument("--reference", default="Model_6", help="the model the baseline trains with --epochs")
+    s.add_argument("--serve", action="store_true",
+                   help="instead, load-test `tinymnist serve` on loopback (MODEL default: final): requests/s, "
+                        "p50/p99 latency")
+    s.add_argument("--clients", type=positive_int, default=8, help="with --serve: concurrent clients (default 8)")
+    s.add_argument("--requests", type=positive_int, default=250,
+                   help="with --serve: requests per client (default 250)")
     s.add_argument("--save", metavar="FILE.json", help="also write the measurement to FILE.json as a record")
     _data_args(s)
     s.add_argument("--json", action="store_true")
     s.set_defaults(func=cmd_bench)
+
+    s = sub.add_parser("serve", help="a local draw-a-digit page with the model's view and feature maps")
+    s.add_argument("model", nargs="?", metavar="MODEL | CHECKPOINT",
+                   help="also serve this model's shipped weights or this checkpoint file, shown first "
+                        "(always served: final, tiny, Model_6)")
+    s.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine only)")
+    s.add_argument("--port", type=port, default=8000, help="port (default 8000; 0 picks a free one)")
+    s.add_argument("--verbose", action="store_true", help="log every request on stderr")
+    s.set_defaults(func=cmd_serve)
 
     s = sub.add_parser("report", help="regenerate the generated sections of README.md and docs/*.md from the records")
     s.add_argument("--results", default=str(RESULTS_DIR), help="folder of run records (default results/)")

@@ -365,7 +365,8 @@ def bench_tables(results: Path, base: str = ".") -> str:
         "|---|---:|---:|---:|---|",
     ]
     options = [rec for rec in recs if "options" in rec]
-    recs = [rec for rec in recs if "options" not in rec]
+    serving = [rec for rec in recs if rec.get("kind") == "serve"]
+    recs = [rec for rec in recs if "options" not in rec and rec.get("kind") != "serve"]
     for rec in recs:
         if "fast_img_s" in rec:
             settings = ", ".join(f"{k}={v}" for k, v in rec["settings"].items())
@@ -400,7 +401,16 @@ def bench_tables(results: Path, base: str = ".") -> str:
                 else ""
             lines.append(f"| {row['variant']}{extra} | {row['batch_size']} | {row['img_s']:,.0f} | "
                          f"{row['img_s'] / first:.2f}x |")
-    everything = recs + options
+    for rec in serving:
+        lines += ["", (f"Serving: `tinymnist serve` under a bounded load ({rec['where']}) "
+                       f"([{Path(rec['_path']).name}]({link(rec['_path'], base)})):"), "",
+                  "| model | request | clients x requests | answered | errors | requests/s | p50 latency "
+                  "| p99 latency |",
+                  "|---|---|---:|---:|---:|---:|---:|---:|",
+                  f"| {rec['model']} ({rec['model_key']}) | {rec['request']} | {rec['clients']} x "
+                  f"{rec['requests_per_client']} | {rec['requests']:,} | {rec['errors']} | {rec['req_s']:,.0f} | "
+                  f"{rec['p50_ms']:.1f} ms | {rec['p99_ms']:.1f} ms |"]
+    everything = recs + options + serving
     m = everything[0]["machine"]
     lines += ["", f"Measured on: {m['cpu']}, {m['cores']} cores, {m['torch_threads']} torch threads, "
                   f"{m['system']}, torch {everything[0]['torch']}. Commands: "
@@ -701,18 +711,25 @@ def draw_figures(results: Path, fig_dir: Path, data_dir=None) -> list[Path]:
     return made
 
 
+# shipped beside the role models: the reference's last step, so `serve` can show it against them
+SHIPPED_EXTRA = ("Model_6",)
+
+
 def ship_weights(results: Path, weights_dir: Path) -> list[Path]:
-    """Copies the seed-1 checkpoint of each role's model (`model.ROLES`) into the package, with where it came
-    from, so `eval final` and `predict final` work from an installed package. Nothing in training reads them."""
+    """Copies the seed-1 checkpoint of each role's model (`model.ROLES`) and of each model in `SHIPPED_EXTRA`
+    into the package, with where it came from, so `eval final`, `predict final` and `serve` work from an
+    installed package. Nothing in training reads them."""
     import shutil
 
     from .records import write_json
 
     shipped = []
-    for role, name in ROLES.items():
+    wanted = [*ROLES.items(), *((None, name) for name in SHIPPED_EXTRA if name not in ROLES.values())]
+    for role, name in wanted:
         src, record = results / name / "seed1.pt", results / name / "seed1.json"
         if not (src.is_file() and record.is_file()):
-            raise ReportError(f"no seed-1 checkpoint and record of the {role} model {name} in {results}/")
+            which = f"the {role} model {name}" if role else name
+            raise ReportError(f"no seed-1 checkpoint and record of {which} in {results}/")
         rec = json.loads(record.read_text())
         dest = weights_dir / f"{name}.pt"
         weights_dir.mkdir(parents=True, exist_ok=True)
@@ -722,7 +739,7 @@ def ship_weights(results: Path, weights_dir: Path) -> list[Path]:
             "test_acc": rec["epochs"][-1]["test_acc"], "test_correct": rec["epochs"][-1]["test_correct"],
         })
         shipped.append(dest)
-    for stale in weights_dir.glob("*.pt"):  # a model that lost its role no longer ships
+    for stale in weights_dir.glob("*.pt"):  # a model that lost its role (and is no extra) no longer ships
         if stale not in shipped:
             stale.unlink()
             stale.with_suffix(".json").unlink(missing_ok=True)

@@ -1,0 +1,336 @@
+"""`tinymnist serve`: the JSON API with every bad input, a bounded loopback load test, and the page in a real
+headless Chromium driven by Selenium (drawing with pointer events), which saves docs/figures/serve.png."""
+
+import http.client
+import io
+import json
+import math
+import os
+import shutil
+import subprocess
+import threading
+import time
+from pathlib import Path
+
+import pytest
+from PIL import Image, ImageDraw
+
+from conftest import ROOT
+from tinymnist import serve
+from tinymnist.cli import main
+from tinymnist.predict import classify, to_mnist
+from tinymnist.records import load_checkpoint
+
+
+@pytest.fixture(scope="module")
+def server():
+    models, default = serve.load_models()
+    srv = serve.make_server(models, default, "127.0.0.1", 0)
+    thread = threading.Thread(target=srv.serve_forever, daemon=True)
+    thread.start()
+    yield srv
+    srv.shutdown()
+    srv.server_close()
+
+
+def request(srv, method: str, path: str, body: bytes | None = None, content_type: str | None = None,
+            headers: dict | None = None) -> tuple[int, dict | bytes, dict]:
+    conn = http.client.HTTPConnection("127.0.0.1", srv.server_address[1], timeout=30)
+    try:
+        hdrs = {"Content-Type": content_type} if content_type else {}
+        conn.request(method, path, body, {**hdrs, **(headers or {})})
+        resp = conn.getresponse()
+        raw = resp.read()
+        is_json = resp.getheader("Content-Type", "").startswith("application/json")
+        return resp.status, json.loads(raw) if is_json else raw, dict(resp.getheaders())
+    finally:
+        conn.close()
+
+
+def digit_png(strokes: list[list[tuple[int, int]]], size: int = 280, ink: int = 0, paper: int = 255) -> bytes:
+    img = Image.new("L", (size, size), paper)
+    draw = ImageDraw.Draw(img)
+    for points in strokes:
+        draw.line(points, fill=ink, width=18, joint="curve")
+    buf = io.BytesIO()
+    img.save(buf, "PNG")
+    return buf.getvalue()
+
+
+ONE = [[(140, 50), (140, 230)]]
+ZERO = [[(140 + round(60 * math.sin(2 * math.pi * t / 24)), 140 - round(90 * math.cos(2 * math.pi * t / 24)))
+         for t in range(25)]]  # an ellipse, one stroke from the top
+
+
+def predict_png(srv, png: bytes, model: str = "final", query: str = "") -> dict:
+    status, answer, _ = request(srv, "POST", f"/api/predict?model={model}{query}", png, "image/png")
+    assert status == 200, answer
+    return answer
+
+
+# --- the API ------------------------------------------------------------------------------------------
+
+
+def test_the_page_and_its_files_come_from_the_package_with_no_cdn(server):
+    for path in serve.STATIC:
+        status, body, headers = request(server, "GET", path)
+        assert status == 200 and body
+        assert b"http://" not in body and b"https://" not in body and b"//cdn" not in body
+        assert "default-src 'self'" in headers["Content-Security-Policy"]
+
+
+def test_models_lists_the_shipped_models_with_params_accuracy_and_layers(server):
+    status, answer, _ = request(server, "GET", "/api/models")
+    assert status == 200 and answer["default"] == "final"
+    models = {m["key"]: m for m in answer["models"]}
+    assert list(models) == ["final", "tiny", "Model_6"]
+    assert models["final"]["model"] == load_checkpoint("final")[0] and models["final"]["role"] == "final"
+    for m in models.values():
+        assert m["params"] > 0 and 98 < m["test_acc"] < 100
+        assert m["layers"] and all(layer["rf"] >= 3 for layer in m["layers"])
+
+
+@pytest.mark.parametrize("model", serve.SHIPPED)
+def test_predict_a_drawn_one_and_zero_with_probabilities_image_and_feature_maps(server, model):
+    for strokes, digit in ((ONE, 1), (ZERO, 0)):
+        answer = predict_png(server, digit_png(strokes), model)
+        assert answer["digit"] == digit and answer["model"] == model
+        assert len(answer["probabilities"]) == 10 and abs(sum(answer["probabilities"]) - 1) < 1e-5
+        assert len(answer["image"]) == 28 and all(len(row) == 28 for row in answer["image"])
+        layers = answer["features"]
+        assert [f["layer"] for f in layers] == [m["name"] for m in server.models[model].info["layers"]]
+        for f in layers:
+            assert 0 < len(f["maps"]) <= serve.CHANNELS_SHOWN and f["rf"] >= 3
+            assert all(src.startswith("data:image/png;base64,") for src in f["maps"])
+
+
+def test_one_preprocessing_path_the_api_and_predict_agree(server, tmp_path):
+    png = digit_png(ZERO, ink=255, paper=0)  # light ink on dark paper: to_mnist handles either way round
+    (tmp_path / "zero.png").write_bytes(png)
+    answer = predict_png(server, png, "tiny", "&features=0")
+    assert "features" not in answer
+    with Image.open(tmp_path / "zero.png") as img:
+        assert answer["image"] == to_mnist(img.convert("L")).tolist()
+    [mine] = classify(load_checkpoint("tiny")[1], [tmp_path / "zero.png"])
+    assert mine["digit"] == answer["digit"] and abs(mine["probability"] - max(answer["probabilities"])) < 1e-4
+    # the 28x28 grey values the API returned, sent back as JSON, give the same answer
+    status, again, _ = request(server, "POST", "/api/predict", json.dumps({"image": answer["image"], "model": "tiny"})
+                               .encode(), "application/json")
+    assert status == 200 and again["digit"] == answer["digit"]
+
+
+BAD = [
+    # (content type, body, expected status, a word of the message)
+    ("image/png", b"", 400, "empty"),
+    ("image/png", b"GIF89a not a png at all", 400, "not a PNG"),
+    ("image/png", b"\x89PNG\r\n\x1a\n" + b"\0" * 64, 400, "not a readable PNG"),
+    ("image/png", digit_png([]), 400, "blank"),
+    ("application/json", b"", 400, "empty"),
+    ("application/json", b"{not json", 400, "bad JSON"),
+    ("application/json", b"[1, 2, 3]", 400, "28 rows"),
+    ("application/json", json.dumps({"image": [[0] * 28] * 27}).encode(), 400, "28 rows"),
+    ("application/json", json.dumps({"image": [[0] * 27] * 28}).encode(), 400, "28 rows"),
+    ("application/json", json.dumps({"image": [[300] * 28] * 28}).encode(), 400, "0 to 255"),
+    ("application/json", json.dumps({"image": [["a"] * 28] * 28}).encode(), 400, "0 to 255"),
+    ("application/json", json.dumps({"image": [[0] * 28] * 28}).encode(), 400, "blank"),
+    ("application/json", json.dumps({"image": [[9] * 28] * 28, "model": ["final"]}).encode(), 400, "a name"),
+    ("text/plain", b"7", 415, "Content-Type"),
+    (None, b"7", 415, "Content-Type"),
+    ("image/jpeg", b"\xff\xd8\xff", 415, "Content-Type"),
+    ("image/png", b"\x89PNG\r\n\x1a\n" + b"\0" * (serve.MAX_BODY + 1), 413, "over"),
+]
+
+
+@pytest.mark.parametrize(("content_type", "body", "status", "word"), BAD,
+                         ids=[f"{i}-{b[2]}-{b[3]}" for i, b in enumerate(BAD)])
+def test_bad_input_is_a_json_4xx_and_the_server_carries_on(server, content_type, body, status, word):
+    got, answer, _ = request(server, "POST", "/api/predict", body, content_type)
+    assert got == status and answer["status"] == status and word in answer["error"]
+    assert predict_png(server, digit_png(ONE))["digit"] == 1
+
+
+@pytest.mark.parametrize(("method", "path", "status"), [
+    ("POST", "/api/predict?model=Model_11", 404),  # a registered model that is not served
+    ("POST", "/api/predict?model=../../etc/passwd", 404),
+    ("POST", "/api/predict?model=results/Model_6/seed1.pt", 404),
+    ("GET", "/static/../serve.py", 404),
+    ("GET", "/etc/passwd", 404),
+    ("GET", "/api/predict", 405),
+    ("POST", "/api/models", 405),
+    ("POST", "/nowhere", 404),
+])
+def test_unknown_models_and_paths_are_json_errors_and_name_no_file(server, method, path, status):
+    body = digit_png(ONE) if method == "POST" else None
+    got, answer, _ = request(server, method, path, body, "image/png" if body else None)
+    assert got == status and answer["status"] == status
+    assert predict_png(server, digit_png(ONE))["digit"] == 1
+
+
+def test_an_image_of_too_many_pixels_is_refused_before_decoding(server):
+    img = Image.new("1", (5000, 5000), 1)  # compresses to a few kB, 25 million pixels
+    buf = io.BytesIO()
+    img.save(buf, "PNG")
+    got, answer, _ = request(server, "POST", "/api/predict", buf.getvalue(), "image/png")
+    assert got == 413 and "pixels" in answer["error"]
+
+
+def test_a_broken_connection_leaves_the_server_serving(server):
+    import socket
+
+    with socket.create_connection(("127.0.0.1", server.server_address[1]), timeout=5) as s:
+        s.sendall(b"POST /api/predict HTTP/1.1\r\nContent-Type: image/png\r\nContent-Length: 5000\r\n\r\n\x89PNG")
+    with socket.create_connection(("127.0.0.1", server.server_address[1]), timeout=5) as s:
+        s.sendall(b"BREW /pot HTTP/1.1\r\n\r\n")
+        answer = b"".join(iter(lambda: s.recv(1000), b""))  # the server closes the connection after it
+        assert answer.startswith(b"HTTP/1.1 501") and b'"error":' in answer and b"application/json" in answer
+    assert predict_png(server, digit_png(ONE))["digit"] == 1
+
+
+def test_load_on_loopback_no_errors_no_request_lost(server):
+    start = time.perf_counter()
+    res = serve.load_test("127.0.0.1", server.server_address[1], digit_png(ONE), "final", clients=8, requests=60)
+    assert res["requests"] == 8 * 60 and res["errors"] == 0, res
+    assert res["p99_ms"] >= res["p50_ms"] > 0 and time.perf_counter() - start < 120
+
+
+def test_the_cli_serves_the_shipped_models_and_a_checkpoint_file(tmp_path):
+    shutil.copyfile(serve.resolve_checkpoint("tiny"), tmp_path / "mine.pt")
+    models, default = serve.load_models(str(tmp_path / "mine.pt"))
+    assert default == "mine.pt" and list(models) == ["final", "tiny", "Model_6", "mine.pt"]
+    assert models["mine.pt"].info["source"] == "checkpoint mine.pt" and models["mine.pt"].info["test_acc"] is None
+    assert serve.load_models("tiny")[1] == "tiny" and serve.load_models("Model_41")[1] == "final"
+    assert main(["serve", str(tmp_path / "missing.pt")]) == 2 and main(["serve", "Model_11"]) == 2  # not shipped
+
+
+# --- the page in a real browser ----------------------------------------------------------------------
+
+CHROMIUM, CHROMEDRIVER = "/usr/bin/chromium", "/usr/bin/chromedriver"
+FIGURE = ROOT / "docs" / "figures" / "serve.png"
+
+
+def _unavailable(reason: str):
+    if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
+        pytest.fail(f"the browser test cannot run on CI: {reason}")
+    pytest.skip(reason)
+
+
+def _ensure_chromium() -> None:
+    """Debian's chromium and chromium-driver: installed if missing and we can (root with apt-get)."""
+    if Path(CHROMIUM).exists() and Path(CHROMEDRIVER).exists():
+        return
+    if os.geteuid() != 0 or not shutil.which("apt-get"):
+        _unavailable("chromium and chromedriver are missing and cannot be installed here (needs root and "
+                     "apt-get): apt-get install chromium chromium-driver")
+    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+    for cmd in (["apt-get", "update", "-qq"], ["apt-get", "install", "-y", "-qq", "chromium", "chromium-driver"]):
+        done = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=900)
+        if done.returncode:
+            _unavailable(f"{' '.join(cmd)} failed: {done.stderr.strip()[-300:]}")
+
+
+@pytest.fixture(scope="module")
+def browser(tmp_path_factory):
+    try:
+        from selenium import webdriver
+        from selenium.webdriver.chrome.service import Service
+    except ImportError:
+        _unavailable("selenium is not installed (pip install -e '.[browser]')")
+    _ensure_chromium()
+    options = webdriver.ChromeOptions()
+    options.binary_location = CHROMIUM
+    for flag in ("--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                 "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                 "--disable-dev-shm-usage", "--window-size=1100,960",
+                 f"--user-data-dir={tmp_path_factory.mktemp('chromium-profile')}"):
+        options.add_argument(flag)
+    driver = webdriver.Chrome(options=options, service=Service(executable_path=CHROMEDRIVER))
+    driver.set_page_load_timeout(30)
+    yield driver
+    driver.quit()
+
+
+def _wait(driver, condition: str, timeout: float = 20.0):
+    """Polls a JS expression until it is truthy; returns its value."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = driver.execute_script(f"return {condition};")
+        if value:
+            return value
+        time.sleep(0.05)
+    raise AssertionError(f"timed out waiting for {condition}")
+
+
+def _draw(driver, strokes: list[list[tuple[int, int]]]):
+    """Draws strokes on the pad with real pointer input (a pen): points in canvas pixels, 0-280."""
+    from selenium.webdriver.common.actions.action_builder import ActionBuilder
+    from selenium.webdriver.common.actions.interaction import POINTER_PEN
+    from selenium.webdriver.common.actions.pointer_input import PointerInput
+
+    pad = driver.find_element("id", "pad")
+    before = int(driver.execute_script("return document.body.dataset.answers"))
+    actions = ActionBuilder(driver, mouse=PointerInput(POINTER_PEN, "pen"), duration=10)
+    for points in strokes:
+        (x0, y0), rest = points[0], points[1:]
+        actions.pointer_action.move_to(pad, x0 - 140, y0 - 140).pointer_down()
+        for x, y in rest:
+            actions.pointer_action.move_to(pad, x - 140, y - 140)
+        actions.pointer_action.pointer_up()
+    actions.perform()
+    _wait(driver, f"document.body.dataset.busy === '0' && Number(document.body.dataset.answers) > {before}")
+
+
+def _shown(driver) -> dict:
+    return driver.execute_script("""return {
+        digit: document.getElementById('digit').textContent,
+        probs: [...document.querySelectorAll('#bars li')].map(li => Number(li.dataset.p)),
+        layers: [...document.querySelectorAll('#features .layer')].map(d => d.querySelector('b').textContent),
+        maps: [...document.querySelectorAll('#features img')].filter(i => i.complete && i.naturalWidth > 0).length,
+        seen: Array.from(document.getElementById('seen').getContext('2d').getImageData(0, 0, 28, 28).data)
+              .filter((v, i) => i % 4 === 0 && v > 0).length,
+        info: document.getElementById('model-info').textContent,
+        status: document.getElementById('status').textContent};""")
+
+
+def _clear(driver):
+    driver.find_element("id", "clear").click()
+    assert _shown(driver)["digit"] == "?"
+
+
+@pytest.mark.browser
+def test_in_a_real_browser_drawing_shows_prediction_view_and_feature_maps_for_each_model(server, browser):
+    from selenium.webdriver.support.ui import Select
+
+    start = time.perf_counter()
+    browser.get(server.url)
+    _wait(browser, "document.body.dataset.ready === '1'")
+    select = Select(browser.find_element("id", "model"))
+    assert [o.get_attribute("value") for o in select.options] == ["final", "tiny", "Model_6"]
+    for key in ("final", "tiny", "Model_6"):
+        select.select_by_value(key)
+        info = server.models[key].info
+        assert f"{info['params']:,} parameters" in _shown(browser)["info"]
+        assert f"test accuracy {info['test_acc']:.2f} %" in _shown(browser)["info"]
+        for strokes, digit in ((ONE, "1"), (ZERO, "0")):
+            _clear(browser)
+            _draw(browser, strokes)
+            shown = _shown(browser)
+            assert shown["digit"] == digit, shown["status"]
+            assert len(shown["probs"]) == 10 and abs(sum(shown["probs"]) - 1) < 1e-5
+            assert max(shown["probs"]) == shown["probs"][int(digit)]
+            assert shown["seen"] > 20  # the model's 28x28 view has ink
+            assert [t.split()[0] for t in shown["layers"]] == [la["name"] for la in info["layers"]]
+            assert all("RF" in t for t in shown["layers"]) and shown["maps"] >= len(info["layers"])
+    # switching the model with a digit on the pad asks the new model
+    before = int(browser.execute_script("return document.body.dataset.answers"))
+    select.select_by_value("final")
+    _wait(browser, f"document.body.dataset.busy === '0' && Number(document.body.dataset.answers) > {before}")
+    assert _shown(browser)["digit"] == "0" and "Model_41" in _shown(browser)["status"]
+    # a seven drawn in two strokes, for the screenshot in the README
+    _clear(browser)
+    _draw(browser, [[(80, 60), (200, 60), (120, 230)], [(110, 150), (190, 150)]])
+    assert _shown(browser)["digit"] == "7"
+    _wait(browser, "[...document.querySelectorAll('#features img')].every(i => i.complete)")
+    FIGURE.parent.mkdir(parents=True, exist_ok=True)
+    browser.save_screenshot(str(FIGURE))
+    assert FIGURE.stat().st_size > 10_000
+    print(f"browser test: {time.perf_counter() - start:.1f} s")
