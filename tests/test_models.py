@@ -30,6 +30,17 @@ def test_model_is_within_its_budget(name):
 
 
 @pytest.mark.parametrize("name", MODELS)
+def test_the_measured_receptive_field_is_the_analytic_one(name):
+    """summary measures receptive fields for any network; on the registered ones it must agree with the
+    kernel-size-and-stride recursion, block by block."""
+    from tinymnist.summary import analytic_rf, measured_rf
+
+    model = create_model(name)
+    measured, analytic = measured_rf(model), analytic_rf(model)
+    assert measured and all(measured[block] == analytic[block] for block in measured), (measured, analytic)
+
+
+@pytest.mark.parametrize("name", MODELS)
 def test_every_parameter_gets_a_gradient(name):
     torch.manual_seed(0)
     model = create_model(name).train()

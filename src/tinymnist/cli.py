@@ -383,7 +383,8 @@ def _bench_serve(args) -> None:
 def cmd_serve(args) -> None:
     from .serve import serve
 
-    serve(args.model, args.host, args.port, verbose=args.verbose)
+    entry = _entry(args.code, args) if args.code else None
+    serve(args.model, args.host, args.port, verbose=args.verbose, entry=entry, force=args.force)
 
 
 def _save_bench(args, res: dict) -> None:
@@ -527,6 +528,10 @@ def build_parser() -> Parser:
     s.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine only)")
     s.add_argument("--port", type=port, default=8000, help="port (default 8000; 0 picks a free one)")
     s.add_argument("--verbose", action="store_true", help="log every request on stderr")
+    s.add_argument("--model", dest="code", metavar="FILE.py:NAME",
+                   help="for a checkpoint of your own network: its code again (checked against the checkpoint)")
+    _model_ref_args(s)
+    s.add_argument("--force", action="store_true", help="load it even if the code differs from the checkpoint's")
     s.set_defaults(func=cmd_serve)
 
     s = sub.add_parser("report", help="regenerate the generated sections of README.md and docs/*.md from the records")

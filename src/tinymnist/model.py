@@ -263,11 +263,17 @@ def typed_args(factory: Callable, given: dict[str, str], name: str) -> dict[str,
 
 
 def _build_user(name: str, factory: Callable, args: dict[str, Any]) -> nn.Module:
-    """Builds a user's network and checks it is a digit classifier: (B, 1, 28, 28) in, (B, 10) out."""
+    """Builds a user's network and checks it (`check_network`)."""
     try:
         net = factory(**args)
     except Exception as e:  # noqa: BLE001
         raise ModelCodeError(f"{name}: building it raised {type(e).__name__}: {e}") from None
+    return check_network(net, name)
+
+
+def check_network(net: nn.Module, name: str = "the network") -> nn.Module:
+    """A digit classifier ready for the engine: `net` checked to take (B, 1, 28, 28) and return (B, 10), and
+    followed by log-softmax when what it returns are class scores rather than log-probabilities."""
     if not isinstance(net, nn.Module):
         raise ModelCodeError(f"{name} returned a {type(net).__name__}, not an nn.Module")
     if count_params(net) == 0:

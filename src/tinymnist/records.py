@@ -74,8 +74,9 @@ def git_commit() -> str | None:
     return f"{sha}+dirty" if dirty else sha
 
 
-def save_checkpoint(path: Path, model_name: str, model: nn.Module, recipe: Recipe, **meta) -> None:
+def save_checkpoint(path: str | os.PathLike, model_name: str, model: nn.Module, recipe: Recipe, **meta) -> None:
     """Final weights with the model name and recipe: only tensors and plain data, loadable weights-only."""
+    path = Path(path)
     buf = io.BytesIO()
     state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}  # clone: not the flat storage
     torch.save({"model": model_name, "recipe": recipe.to_dict(), "state_dict": state, **meta}, buf)

@@ -31,7 +31,7 @@ from PIL import Image, ImageDraw, ImageOps, UnidentifiedImageError
 from torch import nn
 
 from .errors import TinyMnistError
-from .model import REGISTRY, count_params, log_probs, resolve_name
+from .model import REGISTRY, ScoresAsLogProbs, count_params, log_probs, resolve_name
 from .predict import to_mnist
 from .records import WEIGHTS_DIR, load_checkpoint, resolve_checkpoint
 from .summary import layer_table
@@ -103,13 +103,14 @@ def _has_conv(module: nn.Module) -> bool:
     return any(isinstance(m, nn.Conv2d) for m in module.modules())
 
 
-def load_served(key: str, source: str) -> Served:
-    """Loads `source` (a model name, role or checkpoint file) weights-only, and hooks its convolution blocks:
-    the top-level children with a convolution whose output is an image larger than 1x1."""
-    name, model, _ = load_checkpoint(source, "cpu")
+def load_served(key: str, source: str, entry=None, force: bool = False) -> Served:
+    """Loads `source` (a model name, role or checkpoint file; of the user's network `entry`, named again by
+    --model) weights-only, and hooks its convolution layers: the layers of `summary.layer_table` (blocks of a
+    registered network, leaf modules of the user's) with a convolution whose output is larger than 1x1."""
+    name, model, _ = load_checkpoint(source, "cpu", entry, force, warn=lambda m: print(m, file=sys.stderr))
     model.eval()
     rows = layer_table(model)
-    blocks = dict(model.named_children())
+    blocks = dict((model.net if isinstance(model, ScoresAsLogProbs) else model).named_modules())
     served = Served(key, name, model, {})
     for row in rows:
         if len(row.output_shape) == 3 and row.output_shape[1] > 1 and _has_conv(blocks[row.name]):
@@ -130,9 +131,9 @@ def load_served(key: str, source: str) -> Served:
     return served
 
 
-def load_models(extra: str | None = None) -> tuple[dict[str, Served], str]:
-    """The shipped models by key (`SHIPPED`), plus `extra` (a model name or role, or a checkpoint file) if
-    given; and the key to show first."""
+def load_models(extra: str | None = None, entry=None, force: bool = False) -> tuple[dict[str, Served], str]:
+    """The shipped models by key (`SHIPPED`), plus `extra` (a model name or role, or a checkpoint file, of the
+    user's network `entry` if it is one) if given; and the key to show first."""
     models = {key: load_served(key, key) for key in SHIPPED}
     if extra is None:
         return models, SHIPPED[0]
@@ -142,7 +143,7 @@ def load_models(extra: str | None = None) -> tuple[dict[str, Served], str]:
     if same:  # "Model_41" is the shipped "final"
         return models, same
     key = Path(extra).name if Path(extra).suffix else extra
-    models[key] = load_served(key, extra)
+    models[key] = load_served(key, extra, entry, force)
     return models, key
 
 
@@ -463,10 +464,11 @@ def bench_serve(model: str | None = None, clients: int = 8, requests: int = 250)
             **res}
 
 
-def serve(source: str | None = None, host: str = "127.0.0.1", port: int = 8000, verbose: bool = False) -> None:
+def serve(source: str | None = None, host: str = "127.0.0.1", port: int = 8000, verbose: bool = False,
+          entry=None, force: bool = False) -> None:
     """Loads the models, prints the address and serves until interrupted."""
     one_thread_per_request()
-    models, default = load_models(source)
+    models, default = load_models(source, entry, force)
     server = make_server(models, default, host, port)
     print(f"serving {', '.join(f'{k} ({m.name})' for k, m in models.items())} at {server.url}", flush=True)
     if host not in ("127.0.0.1", "localhost", "::1"):
