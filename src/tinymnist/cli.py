@@ -143,8 +143,10 @@ def _runtime(args, device):
     )
 
 
-def _progress_hooks(epochs: int, seed: int):
-    """A tqdm bar per epoch (on stderr) and one plain line per epoch (on stdout)."""
+def _progress_hooks(epochs: int, seed: int, ema: float = 0.0, steps_per_epoch: int = 0):
+    """A tqdm bar per epoch (on stderr) and one plain line per epoch (on stdout). With a weight average
+    (`ema`), the test accuracy is the average's, and while the initial weights still weigh in it (ema^steps
+    over 1 %), the line says how much: its first epochs' accuracy is not the network's."""
     from tqdm import tqdm
 
     state = {"bar": None, "epoch": 0}
@@ -164,9 +166,13 @@ def _progress_hooks(epochs: int, seed: int):
             state["bar"] = None
         else:
             state["epoch"] += 1
+        initial = ema ** (row["epoch"] * steps_per_epoch) if ema else 0.0
+        warming = f"  (weight average warming up: {initial:.0%} initial weights)" if initial > 0.01 else ""
+        test = "test (weight average)" if ema else "test"
         print(
             f"epoch {row['epoch']:>2}/{epochs}  train loss {row['train_loss']:.4f} acc {row['train_acc']:.2f}%  "
-            f"test loss {row['test_loss']:.4f} acc {row['test_acc']:.2f}%  lr {row['lr']:.6f}  {row['seconds']:.1f}s",
+            f"{test} loss {row['test_loss']:.4f} acc {row['test_acc']:.2f}%  lr {row['lr']:.6f}  "
+            f"{row['seconds']:.1f}s{warming}",
             flush=True,
         )
 
@@ -227,7 +233,8 @@ def cmd_train(args) -> None:
     run = run_identity(args.limit, args.val, data.checksums)
     verdicts = []
     for seed in args.seeds or [args.seed]:
-        on_batch, print_epoch = _progress_hooks(recipe.epochs, seed)
+        on_batch, print_epoch = _progress_hooks(recipe.epochs, seed, recipe.ema,
+                                                -(-len(data.train_labels) // recipe.batch_size))
         rec = train_seed(entry, recipe, runtime, data, seed, out, teachers, budget=budget, resume=args.resume,
                          limit=args.limit, val=args.val, run=run, on_batch=None if args.quiet else on_batch,
                          on_epoch=lambda row, state, print_epoch=print_epoch: print_epoch(row),
