@@ -22,7 +22,16 @@ from .errors import TinyMnistError, interrupted, on_sigterm
 from .files import check_target, check_writable
 from .model import REGISTRY, Entry, count_params, create_model, get_entry, resolve, resolve_name
 from .recipes import RECIPES, Recipe, apply_settings, format_recipe, get_recipe, load_recipe_file
-from .records import RESULTS_DIR, load_checkpoint, load_teachers, record_path, release_locks, run_identity, write_json
+from .records import (
+    RESULTS_DIR,
+    git_commit,
+    load_checkpoint,
+    load_teachers,
+    record_path,
+    release_locks,
+    run_identity,
+    write_json,
+)
 from .runtime import DROPOUTS, KERNELS, default_runtime
 from .summary import format_summary, summary_dict
 
@@ -214,6 +223,7 @@ def _recipe(entry: Entry, args) -> tuple[Recipe, str]:
 def cmd_train(args) -> None:
     from .run import Budget, train_seed, verdict
 
+    git_commit()  # now, before anything can change the checkout under a long run
     entry = _entry(args.model, args)
     recipe, recipe_name = _recipe(entry, args)
     budget = Budget(args.max_params, args.max_epochs, hold=entry.hold)

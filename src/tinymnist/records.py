@@ -10,6 +10,7 @@ from __future__ import annotations
 import atexit
 import contextlib
 import fcntl
+import functools
 import io
 import json
 import math
@@ -49,6 +50,7 @@ def record_path(out: Path, model: str, seed: int) -> Path:
     return Path(out) / model / f"seed{seed}.json"
 
 
+@functools.cache  # the code a process runs is the code it loaded: asked once, early, by `train`
 def git_commit() -> str | None:
     """The commit of the source tree this package runs from: "<sha>", or "<sha>+dirty" when tracked files of
     the package's folder had uncommitted changes; None only outside a git checkout (an installed copy).
