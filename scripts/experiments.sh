@@ -33,6 +33,9 @@ tinymnist train Model_9 --seed 1 --val 10000 --out results/val --quiet
 tinymnist train Model_11 --seed 1 --val 10000 --out results/val --quiet
 tinymnist train Model_26 --seed 1 --val 10000 --out results/val --quiet
 tinymnist train Model_41 --seed 1 --val 10000 --out results/val --quiet
+# the role models on seeds they were not chosen on (docs/results.md, Other seeds)
+tinymnist train final --seeds 6-10 --threads 1 --quiet --out results/other-seeds
+tinymnist train tiny --seeds 6-10 --threads 1 --quiet --out results/other-seeds
 # speed
 tinymnist bench Model_6 --repeat 7 --save results/bench/1-same-network.json
 tinymnist bench Model_6 --batch-size 256 --repeat 7 --save results/bench/2-same-network-batch256.json
@@ -54,4 +57,6 @@ tinymnist bench Model_35 --options --save results/bench/16-options-Model_35.json
 tinymnist bench Model_35 --epochs 15 --repeat 3 --save results/bench/17-end-to-end-Model_35.json
 tinymnist bench Model_33 --epochs 15 --repeat 3 --save results/bench/18-end-to-end-Model_33.json
 tinymnist bench Model_41 --epochs 15 --repeat 5 --save results/bench/20-end-to-end-Model_41.json  # the final model
+# the same with the baseline's whole run measured, evaluations included (bench.baseline_run)
+tinymnist bench Model_41 --epochs 15 --save results/bench/23-end-to-end-Model_41-measured.json
 tinymnist report

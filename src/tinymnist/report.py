@@ -607,6 +607,34 @@ def baseline_method(results: Path, base: str = ".") -> str:
     return text
 
 
+OTHER_SEEDS = "other-seeds"  # results/other-seeds/: the role models retrained on seeds they were not chosen on
+
+
+def other_seeds(results: Path, base: str = ".") -> str:
+    """What seeds the roles were not chosen on say: each role model's verdict and mean on those seeds beside
+    its verdict on the seeds it was chosen on."""
+    lines = ["| role | model | seeds | held (last K epochs >= 99.40 %) | mean of the last K | lowest of them | "
+             "target met |", "|---|---|---|---:|---:|---:|---|"]
+    found = False
+    for goal in GOALS:
+        name = role_holder(goal.role)
+        if name is None:
+            continue
+        for label, folder in (("chosen on", results), ("new", results / OTHER_SEEDS)):
+            recs = load_records(folder, name)
+            if not recs:
+                continue
+            found = found or label == "new"
+            a = assess(recs, goal)
+            lowest = min(r["test_acc"] for rec in recs for r in rec["epochs"][-goal.hold:])
+            seeds = f"{epoch_ranges([r['seed'] for r in recs])} ({label})"
+            lines.append(f"| {goal.role} | {name} | {seeds} | {a['held']} of {a['seeds']} (K = {goal.hold}) | "
+                         f"{a['mean']:.3f} | {lowest:.2f} | {'yes' if a['met'] else 'no'} |")
+    if not found:
+        return f"No runs on other seeds yet (`{results}/{OTHER_SEEDS}/`)."
+    return "\n".join(lines)
+
+
 def section(key: str, results: Path, base: str = ".", text: str = "") -> str:
     """The body of the generated section `key`, for a page in the folder `base` whose text is `text`."""
     kind, _, arg = key.partition(":")
@@ -638,6 +666,8 @@ def section(key: str, results: Path, base: str = ".", text: str = "") -> str:
         return null_commits(results, base)
     if kind == "baseline-method":
         return baseline_method(results, base)
+    if kind == "other-seeds":
+        return other_seeds(results, base)
     raise ReportError(f"unknown generated section {key!r}")
 
 
