@@ -23,6 +23,7 @@ from torch.utils.data import DataLoader, Dataset
 from .data import MEAN, MNIST, STD
 from .engine import fit, make_optimizer, make_teacher, train_one_epoch
 from .model import create_model, get_entry
+from .nets import replace_dropout
 from .recipes import Augment, Recipe, lr_at
 from .records import load_teachers
 from .runtime import KERNELS, Runtime, apply
@@ -142,16 +143,6 @@ def time_fast(model_name: str, data: MNIST, recipe: Recipe, runtime: Runtime, ba
     return len(labels) / (time.perf_counter() - start)
 
 
-def _replace_dropout(model: nn.Module, make) -> nn.Module:
-    """Every nn.Dropout in `model` becomes `make(p)` with the same p (no parameters change)."""
-    for name, child in model.named_children():
-        if type(child) is nn.Dropout:
-            setattr(model, name, make(child.p))
-        else:
-            _replace_dropout(child, make)
-    return model
-
-
 def option_variants(recipe: Recipe, runtime: Runtime) -> list[tuple[str, dict, dict, object, bool]]:
     """The speed options worth timing for a recipe on a runtime: (label, recipe overrides, runtime overrides,
     tweak(model) -> model or None, bfloat16 autocast), each changing one thing from `runtime`. The dropout
@@ -166,7 +157,7 @@ def option_variants(recipe: Recipe, runtime: Runtime) -> list[tuple[str, dict, d
         variants += [
             (f"dropout sampler {other!r} instead of {runtime.dropout!r}", {}, {"dropout": other}, None, False),
             ("nn.Dropout2d (whole channels: another regulariser)", {}, {"dropout": "torch"},
-             lambda m: _replace_dropout(m, nn.Dropout2d), False),
+             lambda m: replace_dropout(m, nn.Dropout2d), False),
             ("no dropout", {"dropout": 0.0}, {}, None, False),
         ]
     variants.append((f"{'NCHW' if runtime.channels_last else 'channels_last'} instead of {layout}", {},

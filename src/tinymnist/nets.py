@@ -71,6 +71,17 @@ def _choice(table: dict, name: str, what: str):
     return table[name]
 
 
+def replace_dropout(model: nn.Module, make) -> nn.Module:
+    """Replaces every nn.Dropout in `model` by `make(p)` with the same p (no parameters change)."""
+    for name, child in model.named_children():
+        if type(child) is nn.Dropout:
+            setattr(model, name, make(child.p))
+        else:
+            replace_dropout(child, make)
+    return model
+
+
+
 # --- the networks ---------------------------------------------------------------------------------------
 
 

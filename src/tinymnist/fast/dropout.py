@@ -9,6 +9,8 @@ import math
 import torch
 from torch import nn
 
+from ..nets import replace_dropout
+
 
 class _Masked(torch.autograd.Function):
     """x * mask, keeping only the mask for the backward pass, whose gradient is the incoming one times it."""
@@ -104,16 +106,6 @@ class FastDropout(nn.Module):
         bits = torch.empty((n + 3) // 4, dtype=torch.int64, device=x.device).random_(-(2**63), None)
         keep = bits.view(torch.int16)[:n].view_as(x) >= self.threshold
         return _Masked.apply(x, torch.where(keep, 1.0 / (1.0 - self.p), 0.0).to(x.dtype))
-
-
-def replace_dropout(model: nn.Module, make) -> nn.Module:
-    """Replaces every nn.Dropout in `model` by `make(p)` with the same p (no parameters change)."""
-    for name, child in model.named_children():
-        if type(child) is nn.Dropout:
-            setattr(model, name, make(child.p))
-        else:
-            replace_dropout(child, make)
-    return model
 
 
 def use_fast_dropout(model: nn.Module) -> nn.Module:
