@@ -471,6 +471,18 @@ def headline(results: Path, base: str = ".") -> str:
             f"{'met' if a['met'] else 'not met'} |"
         )
     lines += ["", "Targets, judged from the records over every seed: " + "; ".join(g.describe() for g in GOALS) + "."]
+    others, seeds = [], set()
+    for goal in GOALS:
+        name = role_holder(goal.role)
+        recs = load_records(results / OTHER_SEEDS, name) if name else []
+        if recs:
+            a = assess(recs, goal)
+            seeds.update(r["seed"] for r in recs)
+            others.append(f"{name} held on {a['held']} of {a['seeds']} (mean {a['mean']:.3f} %, target "
+                          f"{'met' if a['met'] else 'not met'})")
+    if others:
+        lines += ["", f"On seeds {epoch_ranges(sorted(seeds))}, which chose nothing: {'; '.join(others)} "
+                      f"([other seeds]({link(DOCS + '/results.md', base)}#other-seeds))."]
     final = role_holder("final")
     rec = end_to_end_record(results, final) if final else None
     if rec:
