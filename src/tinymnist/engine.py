@@ -23,7 +23,7 @@ from .augment import augment_batch
 from .data import MNIST, standardise, to_unit
 from .errors import TinyMnistError
 from .model import log_probs
-from .recipes import Recipe, lr_at
+from .recipes import Augment, Recipe, lr_at
 from .runtime import Runtime, apply, optimizer_parameters, weight_average
 
 PLAIN = Runtime()  # PyTorch's own operations: the default where a runtime is not given
@@ -52,11 +52,11 @@ def pick_device(name: str = "auto") -> torch.device:
     return torch.device(name)
 
 
-def prepare(images: torch.Tensor, recipe_augment, runtime: Runtime) -> torch.Tensor:
+def prepare(images: torch.Tensor, augment: Augment | None, runtime: Runtime) -> torch.Tensor:
     """uint8 (B, 28, 28) -> the network's input (B, 1, 28, 28), augmented on the way when the recipe says so."""
     x = to_unit(images)
-    if recipe_augment is not None:
-        x = augment_batch(x, recipe_augment, grid_fn=runtime.grid_fn)
+    if augment is not None:
+        x = augment_batch(x, augment, grid_fn=runtime.grid_fn)
     x = standardise(x)
     return x.contiguous(memory_format=torch.channels_last) if runtime.channels_last else x
 
