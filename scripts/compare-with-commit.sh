@@ -7,7 +7,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 commit="${1:-a385764}"; model="${2:-Model_41}"; shift $(( $# > 2 ? 2 : $# ))
-[ -n "${VIRTUAL_ENV:-}" ] || source scripts/setup.sh
+[ -n "${VIRTUAL_ENV:-}${PYTHON:-}" ] || source scripts/setup.sh
+py="${PYTHON:-python}"
 tmp=$(mktemp -d)
 trap 'git worktree remove --force "$tmp/old" >/dev/null 2>&1 || true; rm -rf "$tmp"' EXIT
 git worktree add -q --detach "$tmp/old" "$commit"
@@ -23,9 +24,9 @@ if [ ${#threads[@]} -gt 0 ]; then  # the old code has no --threads: set it throu
     old_args+=("$a")
   done
 fi
-(cd "$tmp/old" && PYTHONPATH="$tmp/old/src" python -m tinymnist train "$model" --quiet --out "$tmp/before" "${old_args[@]}")
-python -m tinymnist train "$model" --quiet --out "$tmp/after" "$@"
-python - "$tmp/before" "$tmp/after" "$model" <<'PY'
+(cd "$tmp/old" && PYTHONPATH="$tmp/old/src" "$py" -m tinymnist train "$model" --quiet --out "$tmp/before" "${old_args[@]}")
+"$py" -m tinymnist train "$model" --quiet --out "$tmp/after" "$@"
+"$py" - "$tmp/before" "$tmp/after" "$model" <<'PY'
 import json, sys
 from pathlib import Path
 before, after, model = Path(sys.argv[1]), Path(sys.argv[2]), sys.argv[3]
