@@ -764,20 +764,13 @@ def _folder_records(results: Path) -> dict[str, list[dict]]:
     return {k: sorted(v, key=lambda r: r.get("seed", 0)) for k, v in found.items()}
 
 
-def folder_report(results: Path, out: Path, data_dir=None, entries: dict | None = None) -> Path:
-    """A standalone Markdown report with PNG figures for any folder of run records, written to `out`: the seed
-    table with verdicts against each record's budget, test curves across seeds, train vs test, and, for a
-    model whose seed-1 checkpoint can be loaded (registered, or the user's network named in `entries` by its
-    reference), the confusion matrix and the test digits it gets wrong. Touches nothing else."""
-    from . import figures
-    from .records import load_checkpoint
+def folder_table(results: Path, folders: set[str] | None = None) -> list[str]:
+    """The seed table with verdicts against each record's budget of the records under `results` (only the
+    folders in `folders`, if given), with notes on runs made on a slice: what `report --out` and `sweep` show."""
     from .run import Budget, verdict
 
-    by_model = _folder_records(results)
-    if not by_model:
-        raise ReportError(f"no run records (<model>/seed<N>.json) in {results}/")
-    out.mkdir(parents=True, exist_ok=True)
-    lines = [f"# Report on {results}", "", "| model | params | seeds | held | mean of the last K | lowest of them | "
+    by_model = {k: v for k, v in _folder_records(results).items() if folders is None or k in folders}
+    lines = ["| model | params | seeds | held | mean of the last K | lowest of them | "
              "budget | verdict |", "|---|---:|---|---:|---:|---:|---|---|"]
     notes = []
     for folder, records in by_model.items():
@@ -790,16 +783,33 @@ def folder_report(results: Path, out: Path, data_dir=None, entries: dict | None 
         lasts = [row["test_acc"] for r in records for row in r["epochs"][-budget.hold:]]
         met = sum(v["held"] and v["within_budget"] for v in verdicts)
         limits = sorted({r["limit"] for r in records if r.get("limit")})
+        setting = f" ({folder.partition('+')[2]})" if "+" in folder else ""  # a sweep's grid setting
         spend = ", ".join(x for x in (f"<= {budget.max_params:,} params" if budget.max_params else "",
                                       f"<= {budget.max_epochs} epochs" if budget.max_epochs else "") if x) or "none"
         lines.append(
-            f"| {name} | {records[0]['params']:,} | {', '.join(str(r['seed']) for r in records)} | "
+            f"| {name}{setting} | {records[0]['params']:,} | {', '.join(str(r['seed']) for r in records)} | "
             f"{met} of {len(records)} | {statistics.mean(lasts):.3f} (K = {budget.hold}) | {min(lasts):.2f} | "
             f"{spend} | {'met on every seed' if met == len(records) else 'not met'} "
             f"(>= {budget.target:.2f} % in each of the last {budget.hold} epochs) |")
         if limits:
             notes.append(f"{name}: trained on a slice (--limit {', '.join(map(str, limits))}), not the full data")
     lines += [""] + [f"- {n}" for n in notes] + ([""] if notes else [])
+    return lines
+
+
+def folder_report(results: Path, out: Path, data_dir=None, entries: dict | None = None) -> Path:
+    """A standalone Markdown report with PNG figures for any folder of run records, written to `out`: the seed
+    table with verdicts against each record's budget, test curves across seeds, train vs test, and, for a
+    model whose seed-1 checkpoint can be loaded (registered, or the user's network named in `entries` by its
+    reference), the confusion matrix and the test digits it gets wrong. Touches nothing else."""
+    from . import figures
+    from .records import load_checkpoint
+
+    by_model = _folder_records(results)
+    if not by_model:
+        raise ReportError(f"no run records (<model>/seed<N>.json) in {results}/")
+    out.mkdir(parents=True, exist_ok=True)
+    lines = [f"# Report on {results}", "", *folder_table(results)]
     figures.test_curves(by_model, out / "test_curves.png", TARGET)
     figures.train_vs_test(by_model, out / "train_vs_test.png")
     lines += ["## Test accuracy per epoch, every seed", "", "![test curves](test_curves.png)", "",
