@@ -42,7 +42,8 @@ def import_optuna():
     except ImportError:
         raise ScaleError(f"search runs on Optuna and Ray, which are not installed: {INSTALL}") from None
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)  # the storage's heartbeat
+    warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)  # the storage's heartbeat,
+    warnings.filterwarnings("ignore", message="Heartbeat of storage")  # which we record ourselves with ask/tell
     return optuna
 
 
@@ -162,7 +163,7 @@ def search(entry: Entry, base: Recipe, runtime: Runtime, space: dict, *, trials:
                     key = f"trial{trial.number}"
                     # every trial from seed 1: the recipes are what differ
                     job = make_job(entry, recipe, runtime, 1, threads, budget, key, limit=limit, val=val,
-                                   data_dir=data_dir, test=False, teachers_dir=teachers_dir, keep=False)
+                                   data_dir=data_dir, test=False, teachers_dir=teachers_dir, keep=False, judged=True)
                     pending.update(submit(ray, [job], board, threads))
                     running[key] = (trial, 0)
                 ready, _ = ray.wait(list(pending), num_returns=1, timeout=1.0)
@@ -172,8 +173,7 @@ def search(entry: Entry, base: Recipe, runtime: Runtime, space: dict, *, trials:
                     trial, seen = running[key]
                     for row in rows[seen:]:
                         trial.report(row["val_acc"], row["epoch"])
-                        if trial.should_prune():
-                            ray.get(board.stop.remote(key))
+                        ray.get(board.judge.remote(key, row["epoch"], trial.should_prune()))
                     running[key] = (trial, len(rows))
                 if time.monotonic() - last_beat > 10 and "://" in storage:
                     for trial, _ in running.values():

@@ -37,6 +37,7 @@ from .records import (
     load_checkpoint,
     lock_run,
     record_path,
+    release_locks,
     run_identity,
     teacher_files,
     write_json,
@@ -48,6 +49,7 @@ from .runtime import Runtime
 INSTALL = "pip install 'tinymnist[scale]'"
 CONNECT_TIMEOUT = 10.0  # seconds to reach a cluster's address before saying it cannot be reached
 MAX_RETRIES = 3  # times a task is started again after its worker died
+JUDGE_TIMEOUT = 60.0  # seconds a search's trial waits for the pruner's verdict on an epoch before going on
 
 
 class ScaleError(TinyMnistError):
@@ -122,12 +124,13 @@ def ray_session(address: str | None, cpus: int):
     """Ray for one command: an instance already running in this process is used as it is; `address` joins a
     cluster; otherwise a local instance of `cpus` CPUs starts now and stops at the end."""
     ray = import_ray()
+    if address:
+        check_address(address)
     if ray.is_initialized():
         yield ray
         return
     quiet = dict(include_dashboard=False, log_to_driver=False, logging_level="ERROR", configure_logging=True)
     if address:
-        check_address(address)
         try:
             ray.init(address=address, log_to_driver=False, logging_level="ERROR")
         except (ConnectionError, RuntimeError, TimeoutError, ValueError) as e:
@@ -147,7 +150,7 @@ def _board_class(ray):
         the runs told to stop (a search's pruned trials)."""
 
         def __init__(self):
-            self.states, self.pids, self.rows, self.stopped, self.fresh = {}, {}, {}, set(), set()
+            self.states, self.pids, self.rows, self.stopped, self.fresh, self.judged = {}, {}, {}, set(), set(), {}
 
         def put_state(self, key, data):
             self.states[key] = data
@@ -166,8 +169,15 @@ def _board_class(ray):
                 self.fresh.add(key)
             return key in self.stopped
 
-        def stop(self, key):
-            self.stopped.add(key)
+        def judge(self, key, epoch, stop):
+            """The driver's verdict on a run's epoch (a search's pruner): stop it, or go on."""
+            self.judged[key] = epoch
+            if stop:
+                self.stopped.add(key)
+
+        def verdict(self, key, epoch):
+            """None until the driver has judged `epoch`; then whether to stop."""
+            return key in self.stopped if self.judged.get(key, 0) >= epoch else None
 
         def poll(self):
             """{key: (pid, rows, state)}; a state only once after it changed, for the driver to write."""
@@ -206,6 +216,7 @@ class Job:
     test: bool = True  # False: the test files are never opened (a search)
     teachers: list[bytes] = field(default_factory=list)
     keep: bool = True  # send the checkpoint back
+    judged: bool = False  # wait for the driver's verdict after each epoch (a search's pruner)
 
 
 def job_entry(job: Job, folder: Path) -> Entry:
@@ -246,7 +257,13 @@ def run_job(job: Job, board) -> dict:
 
             def on_epoch(row, _state):
                 data = path.with_suffix(".state.pt").read_bytes() if job.keep else None
-                if ray.get(board.epoch.remote(job.key, row, data)):
+                stop = ray.get(board.epoch.remote(job.key, row, data))
+                if job.judged:  # a search's trial waits for the pruner's verdict on this epoch (bounded: a lost driver)
+                    deadline = time.monotonic() + JUDGE_TIMEOUT
+                    while (stop := ray.get(board.verdict.remote(job.key, row["epoch"]))) is None and \
+                            time.monotonic() < deadline:
+                        time.sleep(0.02)
+                if stop:
                     raise _Stopped
 
             rec = train_seed(entry, recipe, Runtime(**job.runtime), data, job.seed, out, teachers,
@@ -256,13 +273,15 @@ def run_job(job: Job, board) -> dict:
             return {"key": job.key, "stopped": True}
         except TinyMnistError as e:
             return {"key": job.key, "error": str(e)}
+        finally:
+            release_locks()  # the run's lock in its temporary folder: a worker runs many tasks, one at a time
         ckpt = path.with_suffix(".pt").read_bytes() if job.keep else None
         return {"key": job.key, "record": rec, "checkpoint": ckpt, "slug": entry.slug}
 
 
 def make_job(entry: Entry, recipe: Recipe, runtime: Runtime, seed: int, threads: int, budget: Budget, key: str,
              *, limit=None, val=None, data_dir=None, test=True, teachers_dir: Path | None = None,
-             keep=True) -> Job:
+             keep=True, judged=False) -> Job:
     """A run as a job: a user's file is read here and sent; the teachers' checkpoints too."""
     code = None
     where = entry.source["ref"].rpartition(":")[0] if entry.source else ""
@@ -271,7 +290,7 @@ def make_job(entry: Entry, recipe: Recipe, runtime: Runtime, seed: int, threads:
     teachers = [p.read_bytes() for p in teacher_files(recipe, teachers_dir)] if recipe.teacher else []
     return Job(key, entry.name, {k: str(v) for k, v in (entry.source or {}).get("args", {}).items()}, entry.source,
                code, recipe.to_dict(), {**runtime.to_dict(), "threads": threads}, seed, threads, budget.to_dict(),
-               limit, val, str(data_dir) if data_dir else None, test, teachers, keep)
+               limit, val, str(data_dir) if data_dir else None, test, teachers, keep, judged)
 
 
 def submit(ray, jobs: list[Job], board, threads: int) -> dict:
@@ -337,7 +356,7 @@ def sweep(runs: list[Run], out: Path, runtime: Runtime, budget_of: Callable[[Ent
             bar = tqdm(total=len(runs), initial=len(runs) - len(todo), desc="sweep", unit="run", file=sys.stderr,
                        dynamic_ncols=True, disable=None)
             while pending:
-                done, _ = ray.wait(list(pending), num_returns=1, timeout=1.0)
+                done, _ = ray.wait(list(pending), num_returns=1, timeout=0.25)
                 news = ray.get(board.poll.remote())
                 for key, (_, _, state) in news.items():
                     r = runs[int(key)]
