@@ -334,6 +334,51 @@ def val_section(results: Path, model: str, base: str = ".") -> str:
     return "\n".join(lines)
 
 
+def search_section(results: Path, model: str, base: str = ".") -> str:
+    """A recipe search for `model`'s network (`tinymnist search`, on a validation split) side by side with the
+    model's own recipe: validation verdicts, then test verdicts of the searched recipe's confirmation runs."""
+    search = results / "search"
+    path = search / f"{model}.json"
+    if not path.is_file():
+        raise ReportError(f"no search record {path}")
+    rec = json.loads(path.read_text())
+    hold = REGISTRY[model].hold
+    states = [t["state"] for t in rec["trials"]]
+    own_val = require_records(results / "val", model)[0]
+    own_test = require_records(results, model)
+    confirm = require_records(search / "confirm", model)
+
+    def val_cells(accs: list[float]) -> str:
+        last = accs[-hold:]
+        return f"{min(last):.2f} | {'held' if min(last) >= TARGET else 'not held'} |"
+
+    def test_cells(records: list[dict]) -> str:
+        held, mean = held_and_mean(records, hold)
+        return f"{held} of {len(records)} seeds | {mean:.3f} |"
+
+    best = rec["best"]
+    trial = next(t for t in rec["trials"] if t["number"] == best["number"])
+    toml = search / f"{model}.toml"
+    lines = [
+        (f"`tinymnist search {model}` ran {len(states)} trials of up to {rec['budget']['max_epochs']} epochs on seed 1 "
+         f"({states.count('complete')} completed, {states.count('pruned')} pruned by the median pruner, "
+         f"{states.count('fail')} failed), each trained on the first {TRAIN_IMAGES - rec['val']:,} training "
+         f"images and judged on the last {rec['val']:,} by {rec['objective']}; the test set was not read "
+         f"([search record]({link(path, base)}), best recipe [{toml.name}]({link(toml, base)})). The best trial, "
+         f"number {best['number']}, was then trained on all 60,000 training images with seeds "
+         f"{', '.join(str(r['seed']) for r in confirm)} and tested "
+         f"(`tinymnist train {model} --recipe {toml.as_posix()} --out {(search / 'confirm').as_posix()}`)."),
+        "",
+        (f"| recipe | validation: lowest of the last {hold} epochs (seed 1) | validation verdict | "
+         f"test: seeds holding >= {TARGET:.2f} % in the last {hold} epochs | test: mean of the last {hold} epochs |"),
+        "|---|---:|---|---:|---:|",
+        (f"| {model}'s own ({REGISTRY[model].recipe_name}) | "
+         f"{val_cells([r['val_acc'] for r in own_val['epochs']])} {test_cells(own_test)}"),
+        f"| searched (trial {best['number']}) | {val_cells(trial['val_acc'])} {test_cells(confirm)}",
+    ]
+    return "\n".join(lines)
+
+
 def step_target(entry) -> str:
     """The registry's one-line target of a step, its teacher named: "the final model" in a taught step's
     target meant the model that held the role then, which the recipe names (Models 13 and 17: Model_11)."""
@@ -366,7 +411,8 @@ def bench_tables(results: Path, base: str = ".") -> str:
     ]
     options = [rec for rec in recs if "options" in rec]
     serving = [rec for rec in recs if rec.get("kind") == "serve"]
-    recs = [rec for rec in recs if "options" not in rec and rec.get("kind") != "serve"]
+    sweeps = [rec for rec in recs if rec.get("kind") == "sweep"]
+    recs = [rec for rec in recs if "options" not in rec and rec.get("kind") not in ("serve", "sweep")]
     for rec in recs:
         if "fast_img_s" in rec:
             settings = ", ".join(f"{k}={v}" for k, v in rec["settings"].items())
@@ -410,7 +456,21 @@ def bench_tables(results: Path, base: str = ".") -> str:
                   f"| {rec['model']} ({rec['model_key']}) | {rec['request']} | {rec['clients']} x "
                   f"{rec['requests_per_client']} | {rec['requests']:,} | {rec['errors']} | {rec['req_s']:,.0f} | "
                   f"{rec['p50_ms']:.1f} ms | {rec['p99_ms']:.1f} ms |"]
-    everything = recs + options + serving
+    for rec in sweeps:
+        load = f"; load average {rec['load_before']:.2f} before it started" if "load_before" in rec else ""
+        lines += ["", (f"Many runs at once: the same {rec['runs']} runs of {rec['model']} ({rec['epochs']} epochs on "
+                       f"the first {rec['limit']:,} training and test images, seeds "
+                       f"{', '.join(map(str, rec['seeds']))}) as a `tinymnist sweep` on a local Ray instance and one "
+                       "after another, in one invocation; Ray's start-up and shutdown are part of the sweep's "
+                       f"time{load} ([{Path(rec['_path']).name}]({link(rec['_path'], base)})):"), "",
+                  "| how | runs at a time x torch threads each | seconds | runs per hour |",
+                  "|---|---|---:|---:|",
+                  f"| sweep on Ray | {rec['workers']} x {rec['threads_per_run']} | {rec['sweep_seconds']:.1f} | "
+                  f"**{rec['sweep_runs_per_hour']:,.0f}** |",
+                  f"| one after another (`train --seeds`) | 1 x {rec['sequential_threads']} | "
+                  f"{rec['sequential_seconds']:.1f} | {rec['sequential_runs_per_hour']:,.0f} |",
+                  "", f"The sweep does the runs {rec['ratio']:.2f}x as fast."]
+    everything = recs + options + serving + sweeps
     m = everything[0]["machine"]
     lines += ["", f"Measured on: {m['cpu']}, {m['cores']} cores, {m['torch_threads']} torch threads, "
                   f"{m['system']}, torch {everything[0]['torch']}. Commands: "
@@ -616,6 +676,8 @@ def section(key: str, results: Path, base: str = ".", text: str = "") -> str:
         return seeds_table(results)
     if kind == "val":
         return val_section(results, arg, base)
+    if kind == "search":
+        return search_section(results, arg, base)
     if kind == "verdict":
         return verdict_sentence(results, arg)
     if kind == "models":

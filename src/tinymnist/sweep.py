@@ -407,6 +407,7 @@ def bench_sweep(entry: Entry, recipe: Recipe, runtime: Runtime, seeds: list[int]
     gave the same accuracies (they do when the thread counts are equal; here they differ, so may the floats)."""
     budget = Budget(hold=entry.hold)
     runs = [Run(entry, recipe, seed, entry.slug) for seed in seeds]
+    load = os.getloadavg()[0]  # the machine may be shared: say how busy it was
     with tempfile.TemporaryDirectory(prefix="tinymnist-bench-") as tmp:
         tmp = Path(tmp)
         start = time.perf_counter()
@@ -434,5 +435,5 @@ def bench_sweep(entry: Entry, recipe: Recipe, runtime: Runtime, seeds: list[int]
         "sweep_runs_per_hour": round(3600 * n / sweep_seconds, 1),
         "sequential_runs_per_hour": round(3600 * n / seq_seconds, 1),
         "ratio": round(seq_seconds / sweep_seconds, 3),
-        "sweep_final_test_acc": [rec["epochs"][-1]["test_acc"] for rec in swept],
+        "sweep_final_test_acc": [rec["epochs"][-1]["test_acc"] for rec in swept], "load_before": round(load, 2),
     }
