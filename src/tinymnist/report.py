@@ -457,7 +457,9 @@ def bench_tables(results: Path, base: str = ".") -> str:
                   f"{rec['requests_per_client']} | {rec['requests']:,} | {rec['errors']} | {rec['req_s']:,.0f} | "
                   f"{rec['p50_ms']:.1f} ms | {rec['p99_ms']:.1f} ms |"]
     for rec in sweeps:
-        load = f"; load average {rec['load_before']:.2f} before it started" if "load_before" in rec else ""
+        load = (f"; the machine's 1-minute load average was {rec['load_before'][0]:.2f} as the sweep started and "
+                f"{rec['load_before'][1]:.2f} as the runs one after another started (other work shared its 2 cores)"
+                if "load_before" in rec else "")
         lines += ["", (f"Many runs at once: the same {rec['runs']} runs of {rec['model']} ({rec['epochs']} epochs on "
                        f"the first {rec['limit']:,} training and test images, seeds "
                        f"{', '.join(map(str, rec['seeds']))}) as a `tinymnist sweep` on a local Ray instance and one "
@@ -469,7 +471,9 @@ def bench_tables(results: Path, base: str = ".") -> str:
                   f"**{rec['sweep_runs_per_hour']:,.0f}** |",
                   f"| one after another (`train --seeds`) | 1 x {rec['sequential_threads']} | "
                   f"{rec['sequential_seconds']:.1f} | {rec['sequential_runs_per_hour']:,.0f} |",
-                  "", f"The sweep does the runs {rec['ratio']:.2f}x as fast."]
+                  "", (f"The sweep does the runs {rec['ratio']:.2f}x as fast. On a machine other work shares, a run "
+                       "of 2 threads waits whenever another process holds one of the cores, and one-thread runs do "
+                       "not, so a busy machine widens the gap: measured with no other load, it would be smaller.")]
     everything = recs + options + serving + sweeps
     m = everything[0]["machine"]
     lines += ["", f"Measured on: {m['cpu']}, {m['cores']} cores, {m['torch_threads']} torch threads, "

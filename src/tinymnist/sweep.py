@@ -407,9 +407,9 @@ def bench_sweep(entry: Entry, recipe: Recipe, runtime: Runtime, seeds: list[int]
     gave the same accuracies (they do when the thread counts are equal; here they differ, so may the floats)."""
     budget = Budget(hold=entry.hold)
     runs = [Run(entry, recipe, seed, entry.slug) for seed in seeds]
-    load = os.getloadavg()[0]  # the machine may be shared: say how busy it was
     with tempfile.TemporaryDirectory(prefix="tinymnist-bench-") as tmp:
         tmp = Path(tmp)
+        loads = [os.getloadavg()[0]]  # the machine may be shared: how busy it was as each way started
         start = time.perf_counter()
         swept = sweep(runs, tmp / "sweep", runtime, lambda e: budget, workers=workers, threads=threads, limit=limit,
                       data_dir=data_dir, say=say)
@@ -417,6 +417,7 @@ def bench_sweep(entry: Entry, recipe: Recipe, runtime: Runtime, seeds: list[int]
         previous = torch.get_num_threads()
         torch.set_num_threads(sequential_threads)
         try:
+            loads.append(os.getloadavg()[0])
             start = time.perf_counter()
             data = load_mnist(data_dir).limit(limit)
             run = run_identity(limit, None, data.checksums)
@@ -435,5 +436,6 @@ def bench_sweep(entry: Entry, recipe: Recipe, runtime: Runtime, seeds: list[int]
         "sweep_runs_per_hour": round(3600 * n / sweep_seconds, 1),
         "sequential_runs_per_hour": round(3600 * n / seq_seconds, 1),
         "ratio": round(seq_seconds / sweep_seconds, 3),
-        "sweep_final_test_acc": [rec["epochs"][-1]["test_acc"] for rec in swept], "load_before": round(load, 2),
+        "sweep_final_test_acc": [rec["epochs"][-1]["test_acc"] for rec in swept],
+        "load_before": [round(x, 2) for x in loads],  # as the sweep, then the runs one after another, started
     }
