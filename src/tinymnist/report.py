@@ -366,8 +366,8 @@ def search_section(results: Path, model: str, base: str = ".") -> str:
          f"images and judged on the last {rec['val']:,} by {rec['objective']}; the test set was not read "
          f"([search record]({link(path, base)}), best recipe [{toml.name}]({link(toml, base)})). The best trial, "
          f"number {best['number']}, was then trained on all 60,000 training images with seeds "
-         f"{', '.join(str(r['seed']) for r in confirm)} and tested "
-         f"(`tinymnist train {model} --recipe {toml.as_posix()} --out {(search / 'confirm').as_posix()}`)."),
+         f"{', '.join(str(r['seed']) for r in confirm)} and tested (`tinymnist sweep {model} --recipe "
+         f"{toml.as_posix()} --out {(search / 'confirm').as_posix()}`, the records `train --threads 1` makes)."),
         "",
         (f"| recipe | validation: lowest of the last {hold} epochs (seed 1) | validation verdict | "
          f"test: seeds holding >= {TARGET:.2f} % in the last {hold} epochs | test: mean of the last {hold} epochs |"),
