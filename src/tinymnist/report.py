@@ -376,6 +376,14 @@ def search_section(results: Path, model: str, base: str = ".") -> str:
          f"{val_cells([r['val_acc'] for r in own_val['epochs']])} {test_cells(own_test)}"),
         f"| searched (trial {best['number']}) | {val_cells(trial['val_acc'])} {test_cells(confirm)}",
     ]
+    own_v, new_v = min(r["val_acc"] for r in own_val["epochs"][-hold:]), min(trial["val_acc"][-hold:])
+    own_t, new_t = held_and_mean(own_test, hold)[1], held_and_mean(confirm, hold)[1]
+    lines += ["", (f"On validation the searched recipe is {'above' if new_v > own_v else 'not above'} the model's own "
+                   f"({new_v:.2f} against {own_v:.2f} %, one seed each); on the test set its mean of the last {hold} "
+                   f"epochs is {'above' if new_t > own_t else 'below' if new_t < own_t else 'equal to'} the own "
+                   f"recipe's ({new_t:.3f} against {own_t:.3f} %). A validation score from one seed and "
+                   f"{len(states)} trials does not carry over to the test set by itself: the test set decides, "
+                   "over several seeds.")]
     return "\n".join(lines)
 
 
