@@ -1,41 +1,29 @@
 #!/usr/bin/env bash
-# Regenerates every committed record in results/, one run at a time, then the README's generated sections,
-# the figures and the shipped weights. About 12 hours on 2 CPU cores; run it in the background:
+# Regenerates every committed record in results/, the training runs as Ray sweeps, then the README's generated sections,
+# the figures and the shipped weights. About 12 hours of runs on 2 CPU cores; run it in the background:
 #   nohup scripts/experiments.sh > experiments.log 2>&1 &
 # Benchmarks last, on a quiet machine: their figures are only meaningful when nothing else runs.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/setup.sh
+# the training runs, as sweeps on a local Ray instance (`tinymnist sweep`: as many runs at a time as there are
+# cores, one torch thread each, as the committed records were made); finished records are skipped, so a
+# rerun after an interruption continues where it stopped
 # the reference progression
-tinymnist train Model_6 --seeds 1-5 --quiet
-for m in Model_1 Model_2 Model_3 Model_4 Model_5; do
-  tinymnist train "$m" --seed 1 --quiet
-done
+tinymnist sweep Model_6 --seeds 1-5
+tinymnist sweep Model_1 Model_2 Model_3 Model_4 Model_5 --seeds 1
 # beyond the reference
-tinymnist train Model_7 --seeds 1-5 --quiet
-tinymnist train Model_8 --seed 1 --quiet
-tinymnist train Model_7 --seed 1 --val 10000 --out results/val --quiet
-for m in Model_9 Model_10 Model_11; do
-  tinymnist train "$m" --seeds 1-5 --quiet
-done
-tinymnist train Model_12 --seed 1 --quiet
-tinymnist train Model_13 --seed 1 --quiet  # learns from the shipped Model_11 weights
-tinymnist train Model_14 --seeds 1-5 --quiet
-tinymnist train Model_15 --seeds 1-5 --quiet
-for m in Model_16 Model_17 Model_18 Model_19 Model_20 Model_21 Model_22 Model_23 Model_24 Model_25 Model_26 Model_27 Model_28 Model_29; do  # Model_17 to 21: three Model_11 runs teach
-  tinymnist train "$m" --seeds 1-5 --quiet
-done
-tinymnist train Model_30 --seeds 1-2 --quiet  # stopped after two seeds: both missed (step 30 in the README)
-for m in Model_31 Model_32 Model_33 Model_34 Model_35 Model_36 Model_37 Model_38 Model_39 Model_40 Model_41; do  # 35 to 38: three Model_11 runs teach
-  tinymnist train "$m" --seeds 1-5 --quiet
-done
-tinymnist train Model_9 --seed 1 --val 10000 --out results/val --quiet
-tinymnist train Model_11 --seed 1 --val 10000 --out results/val --quiet
-tinymnist train Model_26 --seed 1 --val 10000 --out results/val --quiet
-tinymnist train Model_41 --seed 1 --val 10000 --out results/val --quiet
+tinymnist sweep Model_7 Model_9 Model_10 Model_11 Model_14 Model_15 --seeds 1-5
+tinymnist sweep Model_8 Model_12 Model_13 --seeds 1  # Model_13 learns from Model_11's records (made above)
+# Model_17 to 21: three Model_11 runs teach (their records are made above)
+tinymnist sweep Model_16 Model_17 Model_18 Model_19 Model_20 Model_21 Model_22 Model_23 Model_24 Model_25 \
+  Model_26 Model_27 Model_28 Model_29 --seeds 1-5
+tinymnist sweep Model_30 --seeds 1-2  # stopped after two seeds: both missed (step 30 in the README)
+tinymnist sweep Model_31 Model_32 Model_33 Model_34 Model_35 Model_36 Model_37 Model_38 Model_39 Model_40 \
+  Model_41 --seeds 1-5  # 35 to 38: three Model_11 runs teach
+tinymnist sweep Model_7 Model_9 Model_11 Model_26 Model_41 --seeds 1 --val 10000 --out results/val
 # the role models on seeds they were not chosen on (docs/results.md, Other seeds)
-tinymnist train final --seeds 6-10 --threads 1 --quiet --out results/other-seeds
-tinymnist train tiny --seeds 6-10 --threads 1 --quiet --out results/other-seeds
+tinymnist sweep Model_41 Model_21 --seeds 6-10 --out results/other-seeds --teachers results
 # speed
 tinymnist bench Model_6 --repeat 7 --save results/bench/1-same-network.json
 tinymnist bench Model_6 --batch-size 256 --repeat 7 --save results/bench/2-same-network-batch256.json

@@ -215,8 +215,7 @@ def _recipe(entry: Entry, args) -> tuple[Recipe, str]:
         spec = get_entry(spec).recipe_name  # a model or a role: its recipe
         recipe = get_recipe(spec)
     settings = list(args.set or [])
-    settings += [f"{k}={v}" for k, v in (("epochs", args.epochs), ("lr", args.lr), ("batch_size", args.batch_size))
-                 if v is not None]
+    settings += [f"{k}={v}" for k in ("epochs", "lr", "batch_size") if (v := getattr(args, k, None)) is not None]
     return apply_settings(recipe, settings), spec
 
 
@@ -258,6 +257,91 @@ def cmd_train(args) -> None:
         held = sum(v["held"] and v["within_budget"] for v in verdicts)
         print(f"{entry.name}: held >= {budget.target:.2f}% in the last {budget.hold} epochs on {held} of "
               f"{len(verdicts)} seeds")
+
+
+
+def _scale_options(args, default_threads: int) -> tuple[int, int]:
+    """Workers and threads per run: by default, this machine's cores filled with runs of `default_threads`."""
+    threads = args.threads_per_run or default_threads
+    workers = args.workers or max(1, (os.cpu_count() or 1) // threads)
+    return workers, threads
+
+
+def cmd_sweep(args) -> None:
+    """Every (model, seed, setting) as a Ray task; records land in --out on this machine."""
+    from .run import Budget
+    from .sweep import Run, import_ray, parse_grid, plan, seeds_table, sweep
+
+    import_ray()  # before any work: without Ray, one line saying how to install it
+    grid = parse_grid(args.set)
+    args.set = [f"{k}={vs[0]}" for k, vs in grid if len(vs) == 1]  # single values: part of every run's recipe
+    models = [(entry, _recipe(entry, args)[0]) for entry in (_entry(ref, args) for ref in args.models)]
+    runs: list[Run] = plan(models, args.seeds or [1], [(k, vs) for k, vs in grid if len(vs) > 1])
+    workers, threads = _scale_options(args, 1)
+    device = pick_device("cpu")
+    runtime = _runtime(args, device)
+    out = Path(args.out) if args.out else Path("results-smoke") if args.limit else RESULTS_DIR / "val" if args.val \
+        else RESULTS_DIR
+    _check_writable(out)
+    print(f"sweep: {len(runs)} runs ({len(models)} models x {len(runs) // len(models) // len(args.seeds or [1])} "
+          f"settings x {len(args.seeds or [1])} seeds), {workers} workers x {threads} threads"
+          f"{f' on {args.address}' if args.address else ''}, into {out}", flush=True)
+    sweep(runs, out, runtime, lambda e: Budget(args.max_params, args.max_epochs, hold=e.hold), workers=workers,
+          threads=threads, address=args.address, limit=args.limit, val=args.val, data_dir=args.data_dir,
+          teachers_dir=Path(args.teachers), say=lambda line: print(line, flush=True))
+    print(seeds_table(out, runs))
+
+
+def cmd_search(args) -> None:
+    """A recipe search on the validation split; the best recipe becomes a TOML recipe file."""
+    from .run import Budget
+    from .search import check_recipe_fields, import_optuna, load_space, main_line, search, write_best
+    from .sweep import import_ray
+
+    import_ray()
+    import_optuna()
+    space = load_space(args.space)
+    check_recipe_fields(space)
+    entry = _entry(args.model, args)
+    args.epochs = args.lr = args.batch_size = None
+    base, _ = _recipe(entry, args)
+    out = Path(args.out) if args.out else RESULTS_DIR / "search" / f"{entry.slug}.toml"
+    if out.suffix != ".toml":
+        raise UsageError(f"--out {out}: the best recipe is a TOML file; name it *.toml")
+    _check_writable(out.parent, out)
+    storage = args.storage or f"sqlite:///{out.with_suffix('.db')}"
+    workers, threads = _scale_options(args, 1)
+    budget = Budget(args.max_params, args.max_epochs, hold=entry.hold)
+    print(f"search: {args.trials} trials of {entry.name} on a validation split of {args.val} images (the test set "
+          f"is never read), {workers} workers x {threads} threads; study {args.study or entry.slug} in {storage}",
+          flush=True)
+    result = search(entry, base, _runtime(args, pick_device("cpu")), space, trials=args.trials, val=args.val,
+                    storage=storage, study_name=args.study or entry.slug, budget=budget, workers=workers,
+                    threads=threads, address=args.address, limit=args.limit, data_dir=args.data_dir,
+                    teachers_dir=Path(args.teachers), say=lambda line: print(line, flush=True))
+    print(main_line(result, write_best(result, out)))
+
+
+def _bench_sweep(args) -> None:
+    """The same runs as a sweep (2 workers x 1 thread) and one after another (2 threads each): runs per hour."""
+    from .sweep import bench_sweep, import_ray
+
+    import_ray()
+    entry = _entry(args.model or "final", args)
+    recipe, _ = _recipe(entry, args)
+    if args.save:
+        _check_writable(Path(args.save).parent, Path(args.save))
+    res = bench_sweep(entry, recipe, _runtime(args, pick_device("cpu")), args.seeds or [1, 2, 3, 4],
+                      limit=args.limit, data_dir=args.data_dir, say=lambda line: print(line, flush=True))
+    _save_bench(args, res)
+    if args.json:
+        print(json.dumps(res, indent=1))
+        return
+    print(f"{res['runs']} runs of {res['model']} ({res['epochs']} epochs, --limit {res['limit']}): sweep "
+          f"{res['workers']} x {res['threads_per_run']} thread {res['sweep_seconds']:.1f} s "
+          f"({res['sweep_runs_per_hour']:.0f} runs/hour, Ray's start-up included); one after another with "
+          f"{res['sequential_threads']} threads {res['sequential_seconds']:.1f} s "
+          f"({res['sequential_runs_per_hour']:.0f} runs/hour): {res['ratio']:.2f}x")
 
 
 def _check_writable(out: Path, target: Path | None = None) -> None:
@@ -329,6 +413,9 @@ def cmd_bench(args) -> None:
 
     if args.serve:
         _bench_serve(args)
+        return
+    if args.sweep:
+        _bench_sweep(args)
         return
     model = resolve_name(args.model or ("final" if args.epochs else "Model_6"))
     device = pick_device(args.device)
@@ -533,6 +620,12 @@ def build_parser() -> Parser:
     s.add_argument("--clients", type=positive_int, default=8, help="with --serve: concurrent clients (default 8)")
     s.add_argument("--requests", type=positive_int, default=250,
                    help="with --serve: requests per client (default 250)")
+    s.add_argument("--sweep", action="store_true",
+                   help="instead, time the same runs of MODEL (default: final) as a Ray sweep (2 workers x 1 thread) "
+                        "and one after another (2 threads): runs per hour, Ray's start-up included")
+    s.add_argument("--seeds", type=seed_list, help="with --sweep: the runs' seeds (default 1-4)")
+    s.add_argument("--recipe", help="with --sweep: the runs' recipe (default: the model's own)")
+    s.add_argument("--set", action="append", metavar="FIELD=VALUE", help="with --sweep: change a recipe field")
     s.add_argument("--save", metavar="FILE.json", help="also write the measurement to FILE.json as a record")
     _data_args(s)
     s.add_argument("--json", action="store_true")
@@ -550,6 +643,53 @@ def build_parser() -> Parser:
     _model_ref_args(s)
     s.add_argument("--force", action="store_true", help="load it even if the code differs from the checkpoint's")
     s.set_defaults(func=cmd_serve)
+
+    s = sub.add_parser("sweep", help="train every (model, seed, setting) as a task on Ray (local, or a cluster)")
+    s.add_argument("models", nargs="+", metavar="MODEL", help="names, roles or your own networks (file.py:NAME)")
+    _model_ref_args(s)
+    s.add_argument("--seeds", type=seed_list, help="seeds, e.g. 1-10 or 1,3,7 (default 1)")
+    s.add_argument("--recipe", help="a named recipe, a model's, or a TOML file (default: each model's own)")
+    s.add_argument("--set", action="append", metavar="FIELD=V1,V2",
+                   help="a recipe field's values (repeatable); several values make a grid, each setting in its "
+                        "own folder MODEL+FIELD=VALUE")
+    _scale_args(s)
+    s.add_argument("--max-params", type=positive_int, help="refuse a model with more parameters than this")
+    s.add_argument("--max-epochs", type=positive_int, help="refuse a recipe with more epochs than this")
+    s.add_argument("--epochs", type=positive_int, help="override the recipe's number of epochs")
+    s.add_argument("--lr", type=positive_float, help="override the recipe's initial learning rate")
+    s.add_argument("--batch-size", type=positive_int, help="override the recipe's batch size")
+    s.add_argument("--val", type=positive_int, help="hold out the last N training images as a validation set")
+    _data_args(s)
+    s.add_argument("--out", help="folder for records and checkpoints on this machine (default as train's)")
+    s.add_argument("--teachers", default=str(RESULTS_DIR),
+                   help="records folder holding a taught recipe's teacher checkpoints (default results/)")
+    _runtime_args(s)
+    s.add_argument("--eval-batch-size", type=positive_int, help="runtime: images per evaluation batch (default 1000)")
+    s.set_defaults(func=cmd_sweep)
+
+    s = sub.add_parser("search", help="search a recipe with Optuna on the validation split, trials on Ray")
+    s.add_argument("model", help="a model name or role, or your own network: file.py:NAME")
+    _model_ref_args(s)
+    s.add_argument("--trials", type=positive_int, required=True,
+                   help="finished trials the study should hold (an interrupted search continues to this number)")
+    s.add_argument("--space", help="a TOML search space replacing the default (src/tinymnist/space.toml)")
+    s.add_argument("--val", type=positive_int, default=10_000,
+                   help="validation images held out of the training set (default 10000); the test set is never read")
+    s.add_argument("--recipe", help="the recipe the space's values change (default: the model's own)")
+    s.add_argument("--set", action="append", metavar="FIELD=VALUE", help="change a field of that recipe (repeatable)")
+    s.add_argument("--storage", help="an Optuna storage URL (default sqlite:///OUT.db beside --out)")
+    s.add_argument("--study", help="the study's name in the storage (default: the model's)")
+    s.add_argument("--out", help="the best recipe's TOML file (default results/search/MODEL.toml; its record .json)")
+    s.add_argument("--max-params", type=positive_int, default=7_999,
+                   help="the parameter budget (default 7999)")
+    s.add_argument("--max-epochs", type=positive_int, default=15, help="the epoch budget (default 15)")
+    _scale_args(s)
+    s.add_argument("--data-dir", help="folder with the MNIST training files (default $TINYMNIST_DATA, ./data/mnist)")
+    s.add_argument("--limit", type=positive_int, help="use only the first N training images (a smoke test)")
+    s.add_argument("--teachers", default=str(RESULTS_DIR), help="records folder of a taught recipe's teachers")
+    _runtime_args(s)
+    s.add_argument("--eval-batch-size", type=positive_int, help="runtime: images per evaluation batch (default 1000)")
+    s.set_defaults(func=cmd_search)
 
     s = sub.add_parser("report", help="regenerate the generated sections of README.md and docs/*.md from the records")
     s.add_argument("--results", default=str(RESULTS_DIR), help="folder of run records (default results/)")
@@ -578,6 +718,13 @@ def _checkpoint_model_args(s: argparse.ArgumentParser) -> None:
 def _model_ref_args(s: argparse.ArgumentParser) -> None:
     s.add_argument("--model-arg", action="append", metavar="KEY=VALUE",
                    help="an argument of your own network (repeatable), typed from its signature's defaults")
+
+
+def _scale_args(s: argparse.ArgumentParser) -> None:
+    s.add_argument("--workers", type=positive_int, help="runs at a time (default: this machine's cores / threads)")
+    s.add_argument("--threads-per-run", type=positive_int, help="torch threads of each run (default 1)")
+    s.add_argument("--address", help="join this Ray cluster (HOST:PORT of `ray start --head`) instead of starting "
+                                     "a local one")
 
 
 def _runtime_args(s: argparse.ArgumentParser) -> None:

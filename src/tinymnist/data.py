@@ -52,8 +52,8 @@ class DataError(TinyMnistError):
 class MNIST:
     train_images: torch.Tensor  # (N, 28, 28) uint8
     train_labels: torch.Tensor  # (N,) int64
-    test_images: torch.Tensor  # (M, 28, 28) uint8
-    test_labels: torch.Tensor  # (M,) int64
+    test_images: torch.Tensor | None  # (M, 28, 28) uint8; None when loaded with `test=False` (a search)
+    test_labels: torch.Tensor | None  # (M,) int64
     source: str  # the folder the files were read from
     val_images: torch.Tensor | None = None  # held out from the training set by `hold_out`
     val_labels: torch.Tensor | None = None
@@ -66,8 +66,9 @@ class MNIST:
         """Only the first `n` training and `n` test images (for smoke tests)."""
         if n is None:
             return self
-        return replace(self, train_images=self.train_images[:n], train_labels=self.train_labels[:n],
-                       test_images=self.test_images[:n], test_labels=self.test_labels[:n])
+        test = {} if self.test_images is None else dict(test_images=self.test_images[:n],
+                                                        test_labels=self.test_labels[:n])
+        return replace(self, train_images=self.train_images[:n], train_labels=self.train_labels[:n], **test)
 
     def hold_out(self, n: int | None) -> MNIST:
         """Moves the last `n` training images to a validation set (to choose models without the test set)."""
@@ -215,8 +216,12 @@ def load_mnist(
     allow_download: bool = True,
     mirrors=MIRRORS,
     checksums: dict[str, str | None] | None = CHECKSUMS,
+    test: bool = True,
 ) -> MNIST:
     """Loads MNIST from the resolved data folder, downloading missing files into it when allowed.
+
+    With `test=False` the test files are neither looked for nor opened, and the result has no test tensors:
+    what a recipe search loads, so that choosing a recipe cannot see the test set.
 
     A folder named explicitly (option or environment) must exist; the default ./data/mnist is created.
     `checksums=None` skips verification (for the tests' small synthetic files).
@@ -230,6 +235,8 @@ def load_mnist(
         raise DataError(f"{given} {why}{hint}")
     tensors, digests = {}, {}
     for key, (name, _) in FILES.items():
+        if not test and key.startswith("test_"):
+            continue
         sha = (checksums or {}).get(name)
         path = find_file(folder, name)
         if path is None:
@@ -245,7 +252,7 @@ def load_mnist(
                 tensors[key], digests[name] = read_idx(f, str(path), sha)
         except OSError as e:  # opening; read_idx turns errors while reading into DataError
             raise DataError(f"cannot read {path}: {e.strerror}") from None
-    for split in ("train", "test"):
+    for split in ("train", "test") if test else ("train",):
         images, labels = tensors[f"{split}_images"], tensors[f"{split}_labels"]
         if images.shape[1:] != (28, 28) or labels.dim() != 1 or len(images) != len(labels):
             raise DataError(
@@ -255,8 +262,8 @@ def load_mnist(
     return MNIST(
         tensors["train_images"],
         tensors["train_labels"].long(),
-        tensors["test_images"],
-        tensors["test_labels"].long(),
+        tensors.get("test_images"),
+        tensors["test_labels"].long() if test else None,
         str(folder),
         checksums=digests,
     )

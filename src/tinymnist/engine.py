@@ -272,7 +272,8 @@ def fit(
     what is evaluated. `teachers` (networks loaded by the caller) teach when the recipe has a teacher. With
     `resume` (a `training_state`), continues from the epoch after the last one it holds, with the same random
     stream, so the result equals that of an uninterrupted run. Raises `Diverged` when the training loss stops
-    being finite. The last `recipe.clean_epochs` epochs train without augmentation.
+    being finite. The last `recipe.clean_epochs` epochs train without augmentation. Data without test
+    tensors (a search's) gives rows without test columns.
     """
     model = apply(model, recipe, runtime)
     optimizer = make_optimizer(model, recipe)
@@ -297,14 +298,10 @@ def fit(
         if data.val_images is not None:
             val = evaluate(evaluated, data.val_images, data.val_labels, runtime.eval_batch_size)
             row.update(val_loss=round(val.loss, 6), val_acc=round(val.acc, 4), val_correct=val.correct)
-        test = evaluate(evaluated, data.test_images, data.test_labels, runtime.eval_batch_size)
-        row.update(
-            test_loss=round(test.loss, 6),
-            test_acc=round(test.acc, 4),
-            test_correct=test.correct,
-            lr=lr,
-            seconds=round(time.perf_counter() - start, 3),
-        )
+        if data.test_images is not None:  # a search loads no test set (`load_mnist(test=False)`)
+            test = evaluate(evaluated, data.test_images, data.test_labels, runtime.eval_batch_size)
+            row.update(test_loss=round(test.loss, 6), test_acc=round(test.acc, 4), test_correct=test.correct)
+        row.update(lr=lr, seconds=round(time.perf_counter() - start, 3))
         history.append(row)
         if on_epoch is not None:
             on_epoch(row, training_state(model, optimizer, history, ema))

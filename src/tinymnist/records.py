@@ -403,16 +403,16 @@ def release_locks() -> None:
 atexit.register(release_locks)
 
 
-def load_teachers(recipe: Recipe, device: str | torch.device, results: Path = RESULTS_DIR) -> list[nn.Module]:
-    """The networks that teach a recipe. Its `teacher` is a checkpoint file (`*.pt`), or a model whose runs
+def teacher_files(recipe: Recipe, results: Path = RESULTS_DIR) -> list[Path]:
+    """The checkpoint files that teach a recipe. Its `teacher` is a checkpoint file (`*.pt`), or a model whose runs
     with seeds 1 to `teacher_seeds` teach from their records' checkpoints (`results/<TEACHER>/seed<N>.pt`)."""
     if recipe.teacher is None:
         return []
     if recipe.teacher.endswith(".pt"):
         if recipe.teacher_seeds != 1:
             raise CheckpointError(f"the recipe's teacher {recipe.teacher} is one checkpoint: teacher_seeds must be 1")
-        return [load_checkpoint(recipe.teacher, device)[1]]
-    members = []
+        return [Path(recipe.teacher)]
+    paths = []
     for seed in range(1, recipe.teacher_seeds + 1):
         path = record_path(results, recipe.teacher, seed).with_suffix(".pt")
         if not path.is_file():
@@ -420,8 +420,13 @@ def load_teachers(recipe: Recipe, device: str | torch.device, results: Path = RE
                 f"the recipe's teacher: no checkpoint {path}; train it first (tinymnist train {recipe.teacher} "
                 f"--seeds 1-{recipe.teacher_seeds} --out {results}) or point --teachers at its records' folder"
             )
-        members.append(load_checkpoint(path, device)[1])
-    return members
+        paths.append(path)
+    return paths
+
+
+def load_teachers(recipe: Recipe, device: str | torch.device, results: Path = RESULTS_DIR) -> list[nn.Module]:
+    """The networks that teach a recipe (see `teacher_files`)."""
+    return [load_checkpoint(path, device)[1] for path in teacher_files(recipe, results)]
 
 
 WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"

@@ -334,6 +334,59 @@ def val_section(results: Path, model: str, base: str = ".") -> str:
     return "\n".join(lines)
 
 
+def search_section(results: Path, model: str, base: str = ".") -> str:
+    """A recipe search for `model`'s network (`tinymnist search`, on a validation split) side by side with the
+    model's own recipe: validation verdicts, then test verdicts of the searched recipe's confirmation runs."""
+    search = results / "search"
+    path = search / f"{model}.json"
+    if not path.is_file():
+        raise ReportError(f"no search record {path}")
+    rec = json.loads(path.read_text())
+    hold = REGISTRY[model].hold
+    states = [t["state"] for t in rec["trials"]]
+    own_val = require_records(results / "val", model)[0]
+    own_test = require_records(results, model)
+    confirm = require_records(search / "confirm", model)
+
+    def val_cells(accs: list[float]) -> str:
+        last = accs[-hold:]
+        return f"{min(last):.2f} | {'held' if min(last) >= TARGET else 'not held'} |"
+
+    def test_cells(records: list[dict]) -> str:
+        held, mean = held_and_mean(records, hold)
+        return f"{held} of {len(records)} seeds | {mean:.3f} |"
+
+    best = rec["best"]
+    trial = next(t for t in rec["trials"] if t["number"] == best["number"])
+    toml = search / f"{model}.toml"
+    lines = [
+        (f"`tinymnist search {model}` ran {len(states)} trials of up to {rec['budget']['max_epochs']} epochs on seed 1 "
+         f"({states.count('complete')} completed, {states.count('pruned')} pruned by the median pruner, "
+         f"{states.count('fail')} failed), each trained on the first {TRAIN_IMAGES - rec['val']:,} training "
+         f"images and judged on the last {rec['val']:,} by {rec['objective']}; the test set was not read "
+         f"([search record]({link(path, base)}), best recipe [{toml.name}]({link(toml, base)})). The best trial, "
+         f"number {best['number']}, was then trained on all 60,000 training images with seeds "
+         f"{', '.join(str(r['seed']) for r in confirm)} and tested (`tinymnist sweep {model} --recipe "
+         f"{toml.as_posix()} --out {(search / 'confirm').as_posix()}`, the records `train --threads 1` makes)."),
+        "",
+        (f"| recipe | validation: lowest of the last {hold} epochs (seed 1) | validation verdict | "
+         f"test: seeds holding >= {TARGET:.2f} % in the last {hold} epochs | test: mean of the last {hold} epochs |"),
+        "|---|---:|---|---:|---:|",
+        (f"| {model}'s own ({REGISTRY[model].recipe_name}) | "
+         f"{val_cells([r['val_acc'] for r in own_val['epochs']])} {test_cells(own_test)}"),
+        f"| searched (trial {best['number']}) | {val_cells(trial['val_acc'])} {test_cells(confirm)}",
+    ]
+    own_v, new_v = min(r["val_acc"] for r in own_val["epochs"][-hold:]), min(trial["val_acc"][-hold:])
+    own_t, new_t = held_and_mean(own_test, hold)[1], held_and_mean(confirm, hold)[1]
+    lines += ["", (f"On validation the searched recipe is {'above' if new_v > own_v else 'not above'} the model's own "
+                   f"({new_v:.2f} against {own_v:.2f} %, one seed each); on the test set its mean of the last {hold} "
+                   f"epochs is {'above' if new_t > own_t else 'below' if new_t < own_t else 'equal to'} the own "
+                   f"recipe's ({new_t:.3f} against {own_t:.3f} %). A validation score from one seed and "
+                   f"{len(states)} trials does not carry over to the test set by itself: the test set decides, "
+                   "over several seeds.")]
+    return "\n".join(lines)
+
+
 def step_target(entry) -> str:
     """The registry's one-line target of a step, its teacher named: "the final model" in a taught step's
     target meant the model that held the role then, which the recipe names (Models 13 and 17: Model_11)."""
@@ -366,7 +419,8 @@ def bench_tables(results: Path, base: str = ".") -> str:
     ]
     options = [rec for rec in recs if "options" in rec]
     serving = [rec for rec in recs if rec.get("kind") == "serve"]
-    recs = [rec for rec in recs if "options" not in rec and rec.get("kind") != "serve"]
+    sweeps = [rec for rec in recs if rec.get("kind") == "sweep"]
+    recs = [rec for rec in recs if "options" not in rec and rec.get("kind") not in ("serve", "sweep")]
     for rec in recs:
         if "fast_img_s" in rec:
             settings = ", ".join(f"{k}={v}" for k, v in rec["settings"].items())
@@ -412,7 +466,25 @@ def bench_tables(results: Path, base: str = ".") -> str:
                   f"| {rec['model']} ({rec['model_key']}) | {rec['request']} | {rec['clients']} x "
                   f"{rec['requests_per_client']} | {rec['requests']:,} | {rec['errors']} | {rec['req_s']:,.0f} | "
                   f"{rec['p50_ms']:.1f} ms | {rec['p99_ms']:.1f} ms |"]
-    everything = recs + options + serving
+    for rec in sweeps:
+        load = (f"; the machine's 1-minute load average was {rec['load_before'][0]:.2f} as the sweep started and "
+                f"{rec['load_before'][1]:.2f} as the runs one after another started (other work shared its 2 cores)"
+                if "load_before" in rec else "")
+        lines += ["", (f"Many runs at once: the same {rec['runs']} runs of {rec['model']} ({rec['epochs']} epochs on "
+                       f"the first {rec['limit']:,} training and test images, seeds "
+                       f"{', '.join(map(str, rec['seeds']))}) as a `tinymnist sweep` on a local Ray instance and one "
+                       "after another, in one invocation; Ray's start-up and shutdown are part of the sweep's "
+                       f"time{load} ([{Path(rec['_path']).name}]({link(rec['_path'], base)})):"), "",
+                  "| how | runs at a time x torch threads each | seconds | runs per hour |",
+                  "|---|---|---:|---:|",
+                  f"| sweep on Ray | {rec['workers']} x {rec['threads_per_run']} | {rec['sweep_seconds']:.1f} | "
+                  f"**{rec['sweep_runs_per_hour']:,.0f}** |",
+                  f"| one after another (`train --seeds`) | 1 x {rec['sequential_threads']} | "
+                  f"{rec['sequential_seconds']:.1f} | {rec['sequential_runs_per_hour']:,.0f} |",
+                  "", (f"The sweep does the runs {rec['ratio']:.2f}x as fast. On a machine other work shares, a run "
+                       "of 2 threads waits whenever another process holds one of the cores, and one-thread runs do "
+                       "not, so a busy machine widens the gap: measured with no other load, it would be smaller.")]
+    everything = recs + options + serving + sweeps
     m = everything[0]["machine"]
     lines += ["", f"Measured on: {m['cpu']}, {m['cores']} cores, {m['torch_threads']} torch threads, "
                   f"{m['system']}, torch {everything[0]['torch']}. Commands: "
@@ -658,6 +730,8 @@ def section(key: str, results: Path, base: str = ".", text: str = "") -> str:
         return seeds_table(results)
     if kind == "val":
         return val_section(results, arg, base)
+    if kind == "search":
+        return search_section(results, arg, base)
     if kind == "verdict":
         return verdict_sentence(results, arg)
     if kind == "models":
@@ -808,20 +882,13 @@ def _folder_records(results: Path) -> dict[str, list[dict]]:
     return {k: sorted(v, key=lambda r: r.get("seed", 0)) for k, v in found.items()}
 
 
-def folder_report(results: Path, out: Path, data_dir=None, entries: dict | None = None) -> Path:
-    """A standalone Markdown report with PNG figures for any folder of run records, written to `out`: the seed
-    table with verdicts against each record's budget, test curves across seeds, train vs test, and, for a
-    model whose seed-1 checkpoint can be loaded (registered, or the user's network named in `entries` by its
-    reference), the confusion matrix and the test digits it gets wrong. Touches nothing else."""
-    from . import figures
-    from .records import load_checkpoint
+def folder_table(results: Path, folders: set[str] | None = None) -> list[str]:
+    """The seed table with verdicts against each record's budget of the records under `results` (only the
+    folders in `folders`, if given), with notes on runs made on a slice: what `report --out` and `sweep` show."""
     from .run import Budget, verdict
 
-    by_model = _folder_records(results)
-    if not by_model:
-        raise ReportError(f"no run records (<model>/seed<N>.json) in {results}/")
-    out.mkdir(parents=True, exist_ok=True)
-    lines = [f"# Report on {results}", "", "| model | params | seeds | held | mean of the last K | lowest of them | "
+    by_model = {k: v for k, v in _folder_records(results).items() if folders is None or k in folders}
+    lines = ["| model | params | seeds | held | mean of the last K | lowest of them | "
              "budget | verdict |", "|---|---:|---|---:|---:|---:|---|---|"]
     notes = []
     for folder, records in by_model.items():
@@ -834,16 +901,33 @@ def folder_report(results: Path, out: Path, data_dir=None, entries: dict | None 
         lasts = [row["test_acc"] for r in records for row in r["epochs"][-budget.hold:]]
         met = sum(v["held"] and v["within_budget"] for v in verdicts)
         limits = sorted({r["limit"] for r in records if r.get("limit")})
+        setting = f" ({folder.partition('+')[2]})" if "+" in folder else ""  # a sweep's grid setting
         spend = ", ".join(x for x in (f"<= {budget.max_params:,} params" if budget.max_params else "",
                                       f"<= {budget.max_epochs} epochs" if budget.max_epochs else "") if x) or "none"
         lines.append(
-            f"| {name} | {records[0]['params']:,} | {', '.join(str(r['seed']) for r in records)} | "
+            f"| {name}{setting} | {records[0]['params']:,} | {', '.join(str(r['seed']) for r in records)} | "
             f"{met} of {len(records)} | {statistics.mean(lasts):.3f} (K = {budget.hold}) | {min(lasts):.2f} | "
             f"{spend} | {'met on every seed' if met == len(records) else 'not met'} "
             f"(>= {budget.target:.2f} % in each of the last {budget.hold} epochs) |")
         if limits:
             notes.append(f"{name}: trained on a slice (--limit {', '.join(map(str, limits))}), not the full data")
     lines += [""] + [f"- {n}" for n in notes] + ([""] if notes else [])
+    return lines
+
+
+def folder_report(results: Path, out: Path, data_dir=None, entries: dict | None = None) -> Path:
+    """A standalone Markdown report with PNG figures for any folder of run records, written to `out`: the seed
+    table with verdicts against each record's budget, test curves across seeds, train vs test, and, for a
+    model whose seed-1 checkpoint can be loaded (registered, or the user's network named in `entries` by its
+    reference), the confusion matrix and the test digits it gets wrong. Touches nothing else."""
+    from . import figures
+    from .records import load_checkpoint
+
+    by_model = _folder_records(results)
+    if not by_model:
+        raise ReportError(f"no run records (<model>/seed<N>.json) in {results}/")
+    out.mkdir(parents=True, exist_ok=True)
+    lines = [f"# Report on {results}", "", *folder_table(results)]
     figures.test_curves(by_model, out / "test_curves.png", TARGET)
     figures.train_vs_test(by_model, out / "train_vs_test.png")
     lines += ["## Test accuracy per epoch, every seed", "", "![test curves](test_curves.png)", "",

@@ -143,7 +143,7 @@ def train_seed(entry: Entry, recipe: Recipe, runtime: Runtime, data: MNIST, seed
     budget.check(entry.name, params, recipe.epochs)
     check_batches(model, recipe, len(data.train_labels))
     log(f"{entry.name}: {params:,} params, seed {seed}, device {device}, {len(data.train_labels):,} train / "
-        f"{len(data.test_labels):,} test images, {recipe.epochs} epochs")
+        f"{'no' if data.test_labels is None else f'{len(data.test_labels):,}'} test images, {recipe.epochs} epochs")
 
     def epoch_done(row: dict, training_state: dict) -> None:
         save_state(state_path, entry.name, recipe, training_state, run)  # the last epoch survives a kill

@@ -1,0 +1,247 @@
+"""Recipe search with Optuna on Ray: each trial a training run on a worker, judged on the validation split.
+
+The driver asks Optuna's TPE sampler for a recipe (`study.ask`), runs it as a sweep's task (`sweep.run_job`,
+with the test files never opened: `load_mnist(test=False)`), hands each epoch's validation accuracy to the
+median pruner as the worker reports it, tells a pruned trial's worker to stop, and tells Optuna the result
+(`study.tell`). The objective is the lowest validation accuracy of the last K epochs (K: the model's hold),
+for recipes within the budgets. The study lives in an Optuna storage (SQLite by default), so the same command
+continues an interrupted search, and a shared database lets several machines work on one study.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import tomllib
+import warnings
+from collections.abc import Callable
+from dataclasses import fields, replace
+from pathlib import Path
+
+from .errors import TinyMnistError
+from .files import atomic_write_bytes
+from .model import Entry, count_params
+from .recipes import MILD, Augment, Recipe, RecipeError, recipe_to_toml
+from .records import write_json
+from .run import Budget
+from .runtime import Runtime
+from .sweep import INSTALL, ScaleError, _board_class, make_job, ray_session, submit
+
+SPACE_FILE = Path(__file__).resolve().parent / "space.toml"
+AUGMENT_SCALE = "augment_scale"  # multiplies the augmentation's strength (rotation, translation, shear, zoom range)
+NUMBERS = {"int", "float"}
+
+
+class SearchError(TinyMnistError):
+    pass
+
+
+def import_optuna():
+    try:
+        import optuna
+    except ImportError:
+        raise ScaleError(f"search runs on Optuna and Ray, which are not installed: {INSTALL}") from None
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)  # the storage's heartbeat,
+    warnings.filterwarnings("ignore", message="Heartbeat of storage")  # which we record ourselves with ask/tell
+    return optuna
+
+
+def space_fields() -> dict[str, str]:
+    """What a search space may set: the recipe's number fields and `augment_scale`, with their types."""
+    valid = {f.name: str(f.type) for f in fields(Recipe) if str(f.type) in NUMBERS}
+    return {**valid, AUGMENT_SCALE: "float"}
+
+
+def load_space(path: str | Path | None = None) -> dict[str, dict]:
+    """A search space file (the default `space.toml` when None), checked: an unknown field lists the valid ones."""
+    path = Path(path) if path else SPACE_FILE
+    try:
+        space = tomllib.loads(path.read_text())
+    except OSError as e:
+        raise SearchError(f"space file {path}: {e.strerror}") from None
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
+        raise SearchError(f"space file {path}: not valid TOML ({e})") from None
+    valid = space_fields()
+    for name, spec in space.items():
+        if name not in valid:
+            raise SearchError(f"space file {path}: unknown field {name!r}; valid: {', '.join(valid)}")
+        ok = isinstance(spec, dict) and (
+            (set(spec) == {"choices"} and isinstance(spec["choices"], list) and spec["choices"])
+            or ({"low", "high"} <= set(spec) <= {"low", "high", "log"} and all(
+                isinstance(spec[k], int | float) and not isinstance(spec[k], bool) for k in ("low", "high"))
+                and spec["low"] <= spec["high"]))
+        if not ok:
+            raise SearchError(f"space file {path}: {name} needs `low` <= `high` (and `log = true` or not) or a "
+                              "non-empty list `choices`")
+    if not space:
+        raise SearchError(f"space file {path} declares no field; valid: {', '.join(valid)}")
+    return space
+
+
+def suggest(trial, space: dict[str, dict]) -> dict:
+    """The trial's values for each field of the space."""
+    kinds = space_fields()
+    params = {}
+    for name, spec in space.items():
+        if "choices" in spec:
+            params[name] = trial.suggest_categorical(name, spec["choices"])
+        elif kinds[name] == "int":
+            params[name] = trial.suggest_int(name, int(spec["low"]), int(spec["high"]), log=spec.get("log", False))
+        else:
+            params[name] = trial.suggest_float(name, float(spec["low"]), float(spec["high"]),
+                                               log=spec.get("log", False))
+    return params
+
+
+def scaled(augment: Augment | None, k: float) -> Augment:
+    """The augmentation `k` times as strong: rotation, translation, shear and the zoom's distance from 1."""
+    base = augment or MILD
+    return replace(base, rotation=min(180.0, base.rotation * k), shear=min(89.0, base.shear * k),
+                   translate=min(1.0, base.translate * k), scale_min=max(0.01, 1 - (1 - base.scale_min) * k),
+                   scale_max=1 + (base.scale_max - 1) * k)
+
+
+def trial_recipe(base: Recipe, params: dict) -> Recipe:
+    fields_ = {k: v for k, v in params.items() if k != AUGMENT_SCALE}
+    recipe = base.with_overrides(**fields_)
+    if AUGMENT_SCALE in params:
+        recipe = recipe.with_overrides(augment=scaled(base.augment, params[AUGMENT_SCALE]))
+    return recipe
+
+
+def open_study(optuna, storage: str, name: str, epochs: int):
+    """The study `name` in `storage`, created or continued; a storage that cannot be opened is one line."""
+    try:
+        if storage.startswith("sqlite:///"):
+            Path(storage.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+        rdb = optuna.storages.RDBStorage(storage, heartbeat_interval=30, grace_period=90) if "://" in storage \
+            else storage
+        sampler = optuna.samplers.TPESampler(seed=0, n_startup_trials=4)
+        pruner = optuna.pruners.MedianPruner(n_startup_trials=3, n_warmup_steps=max(1, epochs // 3))
+        study = optuna.create_study(storage=rdb, study_name=name, direction="maximize", sampler=sampler,
+                                    pruner=pruner, load_if_exists=True)
+    except Exception as e:  # noqa: BLE001  whatever the storage's driver raises, the URL is what the user can fix
+        first = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise SearchError(f"--storage {storage}: cannot open it ({first})") from None
+    optuna.storages.fail_stale_trials(study)  # trials in flight when an earlier search was killed
+    return study
+
+
+def objective(rows: list[dict], hold: int) -> float | None:
+    """The lowest validation accuracy of the last `hold` epochs (None when fewer epochs ran)."""
+    return min(r["val_acc"] for r in rows[-hold:]) if len(rows) >= hold else None
+
+
+def search(entry: Entry, base: Recipe, runtime: Runtime, space: dict, *, trials: int, val: int, storage: str,
+           study_name: str, budget: Budget, workers: int, threads: int, address: str | None = None, limit=None,
+           data_dir=None, teachers_dir=None, say: Callable[[str], None] = print) -> dict:
+    """Runs trials until the study holds `trials` finished ones; returns its summary (best recipe included)."""
+    optuna = import_optuna()
+    study = open_study(optuna, storage, study_name, base.epochs)
+    finished = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED, optuna.trial.TrialState.FAIL)
+    done = len(study.get_trials(deepcopy=False, states=finished))
+    if done:
+        say(f"study {study_name} in {storage}: {done} trials already finished")
+    todo = max(0, trials - done)
+    if todo:
+        with ray_session(address, workers * threads) as ray:
+            board = _board_class(ray).remote()
+            pending, running, started, last_beat = {}, {}, 0, time.monotonic()
+            while started < todo or pending:
+                while started < todo and len(pending) < workers:
+                    trial = study.ask()
+                    started += 1
+                    try:
+                        recipe = trial_recipe(base, suggest(trial, space))
+                        budget.check(entry.name, count_params(entry.build(recipe)), recipe.epochs)
+                    except TinyMnistError as e:
+                        study.tell(trial, state=optuna.trial.TrialState.FAIL)
+                        say(f"trial {trial.number}: failed: {e}")
+                        continue
+                    trial.set_user_attr("recipe", json.loads(json.dumps(recipe.to_dict())))
+                    key = f"trial{trial.number}"
+                    # every trial from seed 1: the recipes are what differ
+                    job = make_job(entry, recipe, runtime, 1, threads, budget, key, limit=limit, val=val,
+                                   data_dir=data_dir, test=False, teachers_dir=teachers_dir, keep=False, judged=True)
+                    pending.update(submit(ray, [job], board, threads))
+                    running[key] = (trial, 0)
+                ready, _ = ray.wait(list(pending), num_returns=1, timeout=1.0)
+                for key, (_, rows, _) in ray.get(board.poll.remote()).items():
+                    if key not in running:
+                        continue
+                    trial, seen = running[key]
+                    for row in rows[seen:]:
+                        trial.report(row["val_acc"], row["epoch"])
+                        ray.get(board.judge.remote(key, row["epoch"], trial.should_prune()))
+                    running[key] = (trial, len(rows))
+                if time.monotonic() - last_beat > 10 and "://" in storage:
+                    for trial, _ in running.values():
+                        study._storage.record_heartbeat(trial._trial_id)
+                    last_beat = time.monotonic()
+                for ref in ready:
+                    job = pending.pop(ref)
+                    trial, _ = running.pop(job.key)
+                    result = ray.get(ref)
+                    rows = ray.get(board.poll.remote()).get(job.key, (None, [], None))[1]
+                    trial.set_user_attr("val_acc", [r["val_acc"] for r in rows])
+                    if result.get("stopped"):
+                        study.tell(trial, state=optuna.trial.TrialState.PRUNED)
+                        say(f"trial {trial.number}: pruned after epoch {len(rows)} (val {rows[-1]['val_acc']:.2f}%)")
+                    elif "error" in result:
+                        trial.set_user_attr("error", result["error"])
+                        study.tell(trial, state=optuna.trial.TrialState.FAIL)
+                        say(f"trial {trial.number}: failed: {result['error']}")
+                    else:
+                        value = objective(result["record"]["epochs"], budget.hold)
+                        study.tell(trial, value)
+                        say(f"trial {trial.number}: lowest val accuracy of the last {budget.hold} epochs "
+                            f"{value:.2f}% ({', '.join(f'{k}={v:.4g}' for k, v in trial.params.items())})")
+    return summary(optuna, study, entry, val, budget, limit)
+
+
+def summary(optuna, study, entry: Entry, val: int, budget: Budget, limit) -> dict:
+    """The study as a record: every trial, and the best recipe; no trial completed is one line."""
+    all_trials = study.get_trials(deepcopy=False)
+    complete = [t for t in all_trials if t.state == optuna.trial.TrialState.COMPLETE]
+    if not complete:
+        errors = [t.user_attrs["error"] for t in all_trials if "error" in t.user_attrs]
+        why = f": {errors[0]}" if errors else ""
+        raise SearchError(f"none of the {len(all_trials)} trials of study {study.study_name} completed{why}")
+    best = study.best_trial
+    return {
+        "kind": "search", "model": entry.name, "study": study.study_name, "val": val, "limit": limit,
+        "objective": f"lowest validation accuracy (%) of the last {budget.hold} epochs", "budget": budget.to_dict(),
+        "trials": [{"number": t.number, "state": t.state.name.lower(), "value": t.value, "params": t.params,
+                    "val_acc": t.user_attrs.get("val_acc", [])} for t in all_trials],
+        "best": {"number": best.number, "value": best.value, "params": best.params,
+                 "recipe": best.user_attrs["recipe"]},
+    }
+
+
+def write_best(result: dict, out: Path) -> Path:
+    """The best recipe as a TOML recipe file (`train --recipe out`) and the search's record beside it (.json)."""
+    recipe = Recipe.from_dict(result["best"]["recipe"])
+    head = (f"# found by `tinymnist search {result['model']}` (study {result['study']}): trial "
+            f"{result['best']['number']} of {len(result['trials'])}, {result['objective']} "
+            f"{result['best']['value']:.2f} on a validation split of {result['val']} images\n")
+    try:
+        atomic_write_bytes(out, (head + recipe_to_toml(recipe)).encode())
+    except OSError as e:
+        raise SearchError(f"cannot write {out}: {e.strerror}") from None
+    write_json(out.with_suffix(".json"), result)
+    return out
+
+
+def check_recipe_fields(space: dict) -> None:
+    try:
+        trial_recipe(Recipe(), {k: (v["choices"][0] if "choices" in v else v["low"]) for k, v in space.items()})
+    except RecipeError as e:
+        raise SearchError(f"search space: {e}") from None
+
+
+def main_line(result: dict, out: Path) -> str:
+    b = result["best"]
+    return (f"best: trial {b['number']}, {result['objective']} {b['value']:.2f}%; recipe written to {out} "
+            f"(confirm on the test set: tinymnist train {result['model']} --recipe {out} --seeds 1-5)")
+
