@@ -681,7 +681,8 @@ def baseline_method(results: Path, base: str = ".") -> str:
     rows = [r for r in bench_records(results) if "fast_seconds" in r]
     measured = [Path(r["_path"]).name for r in rows if r.get("baseline_method") == "measured"]
     older = len(rows) - len(measured)
-    text = (f"Of the {len(rows)} end-to-end records, {len(measured)} measure the baseline's whole run as the "
+    text = (f"Of the {len(rows)} end-to-end records, {len(measured)} measure{'s' if len(measured) == 1 else ''} the "
+            "baseline's whole run as the "
             "reference ran it (its DataLoader over every epoch and its own test loop after each, `bench.baseline_run`, "
             f"alternating with the project's run){': ' + ', '.join(measured) if measured else ''}.")
     if older:
