@@ -16,7 +16,7 @@ import importlib.util
 import inspect
 import sys
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -321,10 +321,6 @@ def resolve(ref: str, model_args: dict[str, str] | None = None, recipe_name: str
                   source={"ref": ref, "sha256": digest, "args": args})
     entry.build()  # fails here, with one line, rather than after the data has loaded
     return entry
-
-
-def with_recipe(entry: Entry, recipe_name: str) -> Entry:
-    return replace(entry, recipe_name=recipe_name)
 
 
 def model_names() -> list[str]:

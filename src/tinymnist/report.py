@@ -21,10 +21,10 @@ from fractions import Fraction
 from pathlib import Path
 
 from .errors import TinyMnistError
-from .model import REGISTRY, ROLES, create_model, get_entry
+from .model import REGISTRY, ROLES, TARGET, create_model, get_entry
+from .run import held_last
 from .summary import format_summary, summary_dict
 
-TARGET = 99.40  # test accuracy (percent) the exercise asks to hold
 HOLD = 5  # ... in each of the last HOLD epochs (the reference held it in epochs 11 to 15)
 TRAIN_IMAGES = 60_000  # MNIST's training set: every judged record trained on all of it, a validation run on part
 DOCS = "docs"  # the folder of the documentation pages, beside README.md
@@ -82,13 +82,12 @@ def epoch_ranges(epochs: list[int]) -> str:
 
 
 def verdict(history: list[dict], target: float = TARGET, hold: int = HOLD) -> dict:
-    accs = [row["test_acc"] for row in history]
-    last = accs[-hold:]
-    held = len(accs) >= hold and min(last) >= target
+    """`run.verdict`'s judgement of one run, with the epochs at the target besides (for the docs)."""
+    held, last = held_last(history, target, hold)
     above = [row["epoch"] for row in history if row["test_acc"] >= target]
     text = (
         f"target {'MET' if held else 'NOT MET'}: test accuracy >= {target:.2f}% in each of the last {hold} epochs "
-        f"(last {min(hold, len(accs))}: {', '.join(f'{a:.2f}' for a in last)}; epochs at >= {target:.2f}%: "
+        f"(last {len(last)}: {', '.join(f'{a:.2f}' for a in last)}; epochs at >= {target:.2f}%: "
         f"{epoch_ranges(above)})"
     )
     return {"held": held, "last": last, "above": above, "text": text}
@@ -188,7 +187,7 @@ def targets_table(results: Path) -> str:
     for goal in GOALS:
         scored = {n: assess(recs, goal) for n, recs in records.items() if recs and recs[0]["params"] <= goal.max_params}
         by_goal[goal.role] = scored
-        holder = next((e.name for e in REGISTRY.values() if e.role == goal.role), None)
+        holder = role_holder(goal.role)
         if holder is None:  # nobody has the role: show the closest candidate
             holder = max(scored, key=lambda n: scored[n]["mean"], default=None)
         if holder is None:
@@ -387,18 +386,11 @@ def search_section(results: Path, model: str, base: str = ".") -> str:
     return "\n".join(lines)
 
 
-def step_target(entry) -> str:
-    """The registry's one-line target of a step, its teacher named: "the final model" in a taught step's
-    target meant the model that held the role then, which the recipe names (Models 13 and 17: Model_11)."""
-    teacher = entry.recipe.teacher
-    return entry.target.replace("the final model", teacher) if teacher else entry.target
-
-
 def models_table() -> str:
     lines = ["| model | params | RF | target |", "|---|---:|---:|---|"]
     for name, entry in REGISTRY.items():
         info = summary_dict(name, create_model(name))
-        lines.append(f"| {name} | {info['params']:,} | {info['rf']} | {step_target(entry)} |")
+        lines.append(f"| {name} | {info['params']:,} | {info['rf']} | {entry.target} |")
     return "\n".join(lines)
 
 
@@ -493,8 +485,8 @@ def bench_tables(results: Path, base: str = ".") -> str:
 
 
 def role_holder(role: str) -> str | None:
-    """The model the registry gives `role` to, or None."""
-    return next((e.name for e in REGISTRY.values() if e.role == role), None)
+    """The model `model.ROLES` gives `role` to, or None."""
+    return ROLES.get(role)
 
 
 def bench_records(results: Path) -> list[dict]:
@@ -650,7 +642,7 @@ def overview(results: Path, base: str = ".", text: str = "") -> str:
             seeds, avg = f"{held} of {len(records)}", f"{mean:.3f} (K = {entry.hold})"
         else:
             seeds, avg = "no records", ""
-        lines.append(f"| {step} | `{name}`: {step_target(entry)} | {params:,} | {seeds} | {avg} | {path} |")
+        lines.append(f"| {step} | `{name}`: {entry.target} | {params:,} | {seeds} | {avg} | {path} |")
     return "\n".join(lines)
 
 
@@ -789,10 +781,6 @@ def update_page(page: Path, results: Path, write: bool = True) -> bool:
     if new != text and write:
         atomic_write_bytes(page, new.encode())
     return new != text
-
-
-def update_readme(readme: Path, results: Path, write: bool = True) -> bool:
-    return update_page(readme, results, write)
 
 
 ROLE_CURVES = "role_curves.png"  # the README's figure: the test curves of the final and the tiny model
@@ -954,8 +942,8 @@ def folder_report(results: Path, out: Path, data_dir=None, entries: dict | None 
                           f"{records[0]['seed']}): confusion")
         figures.mistakes(data.test_images, data.test_labels, preds, out / f"{stem}-mistakes.png",
                          f"{name} (seed {records[0]['seed']}): {wrong} test digits wrong, true→predicted")
-        lines += [f"## {name}, seed {records[0]['seed']}: {10_000 - wrong if len(data.test_labels) == 10_000 else ''}"
-                  f"{'' if len(data.test_labels) != 10_000 else ' of 10,000 right'}".rstrip(": "), "",
+        lines += [f"## {name}, seed {records[0]['seed']}: {len(preds) - wrong:,} of {len(preds):,} test digits right",
+                  "",
                   f"![confusion]({stem}-confusion.png)", "", f"![mistakes]({stem}-mistakes.png)", ""]
     page = out / "report.md"
     from .files import atomic_write_bytes

@@ -62,15 +62,20 @@ class Budget:
         return asdict(self)
 
 
+def held_last(history: list[dict], target: float, hold: int) -> tuple[bool, list[float]]:
+    """Whether the test accuracy stayed >= `target` in each of the last `hold` epochs, and those accuracies."""
+    accs = [row["test_acc"] for row in history]
+    last = accs[-hold:]
+    return len(accs) >= hold and min(last) >= target, last
+
+
 def verdict(history: list[dict], budget: Budget, params: int) -> dict:
     """Whether a run met its target within its budget, with a line that says so."""
-    accs = [row["test_acc"] for row in history]
-    last = accs[-budget.hold:]
-    held = len(accs) >= budget.hold and min(last) >= budget.target
+    held, last = held_last(history, budget.target, budget.hold)
     within = (budget.max_params is None or params <= budget.max_params) and (
         budget.max_epochs is None or len(history) <= budget.max_epochs)
     text = (f"target {'MET' if held and within else 'NOT MET'}: test accuracy >= {budget.target:.2f}% in each of "
-            f"the last {budget.hold} epochs (last {min(budget.hold, len(accs))}: "
+            f"the last {budget.hold} epochs (last {len(last)}: "
             f"{', '.join(f'{a:.2f}' for a in last)})" + ("" if within else ", and over budget"))
     return {"held": held, "within_budget": within, "text": text}
 

@@ -68,22 +68,6 @@ def default_runtime(device: torch.device | str) -> Runtime:
     return Runtime()
 
 
-def runtime_of_record(record: dict) -> Runtime | None:
-    """The runtime a record was made with: its own field, or for older records the speed settings they kept
-    in the recipe."""
-    if isinstance(record.get("runtime"), dict):
-        data = dict(record["runtime"])
-    else:
-        old = record.get("recipe") if isinstance(record.get("recipe"), dict) else {}
-        data = {"dropout": old.get("dropout_impl", "torch"), "kernels": old.get("kernels", "torch"),
-                "channels_last": old.get("channels_last", False), "eval_batch_size": old.get("eval_batch_size", 1000),
-                "threads": record.get("threads")}
-    try:
-        return Runtime(**{k: v for k, v in data.items() if k in {f.name for f in fields(Runtime)}})
-    except (TypeError, RecipeError):
-        return None
-
-
 def apply(model: nn.Module, recipe: Recipe, runtime: Runtime) -> nn.Module:
     """A copy of `model` prepared to train: the recipe's ghost batches and the runtime's speed code (none of
     which changes a parameter's value or a state dict key), its parameters and buffers in flat tensors
