@@ -26,7 +26,7 @@ from torch import nn
 from .errors import TinyMnistError
 from .files import atomic_write_bytes, describe_missing, write_failure
 from .model import REGISTRY, ROLES, Entry, UnknownModelError, get_entry
-from .recipes import Recipe
+from .recipes import RUNTIME_FIELDS, Recipe
 
 RESULTS_DIR = Path("results")
 
@@ -238,9 +238,10 @@ def check_same_run(path: Path, what: str, model_name, recipe, run, want_model: s
     if model_name != want_model:
         raise CheckpointError(f"{path} holds {what} of {model_name}, not {want_model}; run without --resume "
                               "to start again")
-    wanted = json.loads(json.dumps(want_recipe.to_dict()))  # as a record holds it (JSON has no tuples)
     if not _same_recipe(recipe, want_recipe):
-        diff = _differences(recipe if isinstance(recipe, dict) else {}, wanted)
+        wanted = json.loads(json.dumps(want_recipe.to_dict()))  # as a record holds it (JSON has no tuples)
+        have = {k: v for k, v in recipe.items() if k not in RUNTIME_FIELDS} if isinstance(recipe, dict) else {}
+        diff = _differences(have, wanted)  # older files' speed settings are not differences of recipe
         raise CheckpointError(f"{path} holds {what} of {want_model} with another recipe ({', '.join(diff[:4])}); "
                               "resume with the same model and options, or run without --resume to start again")
     if want_run is not None:
