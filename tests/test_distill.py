@@ -130,7 +130,9 @@ def test_ship_weights_ships_the_role_models_and_the_extras_only_and_says_which(t
     for name in [*ROLES.values(), *SHIPPED_EXTRA, "Model_11"]:
         (results / name).mkdir(parents=True)
         shutil.copyfile(RESULTS / "Model_11" / "seed1.pt", results / name / "seed1.pt")  # any file: only copied
-        (results / name / "seed1.json").write_text('{"seed": 1, "epochs": [{"test_acc": 99.0, "test_correct": 9900}]}')
+        (results / name / "seed1.json").write_text(json.dumps({"seed": 1, "params": 1, "epochs": [
+            {"epoch": 1, "train_loss": 0.1, "train_acc": 99.0, "test_loss": 0.1, "test_acc": 99.0, "test_correct": 9900,
+             "lr": 0.01, "seconds": 1.0}]}))
     (tmp_path / "weights").mkdir()
     (tmp_path / "weights" / "Model_11.pt").write_bytes(b"stale")
     shipped = ship_weights(results, tmp_path / "weights")

@@ -190,8 +190,8 @@ def test_finished_record_of_another_recipe_is_not_skipped(tmp_path, capsys, mnis
     record = tmp_path / "Model_1" / "seed1.json"
     record.parent.mkdir()
     row = {"epoch": 1, "test_acc": 50.0}
-    rec = {"model": "Model_1", "recipe": recipe.to_dict(), "epochs": [row, {**row, "epoch": 2}], "limit": 300,
-           "val": None, "data": data_checksums}
+    rec = {"model": "Model_1", "params": 1, "seed": 1, "recipe": recipe.to_dict(),
+           "epochs": [row, {**row, "epoch": 2}], "limit": 300, "val": None, "data": data_checksums}
     record.write_text(json.dumps(rec))
     code, err = run_main(capsys, "train", "Model_1", "--epochs", "3", "--limit", "300", "--resume", "--data-dir",
                          mnist_dir, "--out", tmp_path, *FAST)
@@ -734,7 +734,9 @@ def test_the_bad_input_table_names_only_tests_that_exist():
     table = (ROOT / "docs" / "reliability.md").read_text()
     named = set(re.findall(r"`(test_\w+)`", table))
     defined = set(re.findall(r"^def (test_\w+)", Path(__file__).read_text(), re.MULTILINE))
-    assert named and named <= defined, named - defined
+    anywhere = {name for path in Path(__file__).parent.glob("test_*.py")  # later issues' rows name their own files
+                for name in re.findall(r"^def (test_\w+)", path.read_text(), re.MULTILINE)}
+    assert named and named <= anywhere, named - anywhere
     assert defined - named <= {"test_the_bad_input_table_names_only_tests_that_exist"}, defined - named
 
 

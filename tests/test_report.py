@@ -17,7 +17,9 @@ from tinymnist.report import (
 
 
 def history(accs):
-    return [{"epoch": i + 1, "test_acc": a, "train_acc": a} for i, a in enumerate(accs)]
+    """Rows with every column a run writes (records are checked for them when read)."""
+    return [{"epoch": i + 1, "train_loss": 0.1, "train_acc": a, "test_loss": 0.1, "test_acc": a,
+             "test_correct": round(a * 100), "lr": 0.01, "seconds": 1.0} for i, a in enumerate(accs)]
 
 
 def test_epoch_ranges():

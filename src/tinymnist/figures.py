@@ -5,18 +5,28 @@
 
 from __future__ import annotations
 
+import io
 from pathlib import Path
 
 import torch
 
+from .errors import TinyMnistError
+from .files import atomic_write_bytes, write_failure
+from .records import accuracy_column
+
 FIG_DIR = Path("docs/figures")
+LABELS = {"test_acc": "test", "val_acc": "validation (no test set)"}
+
+
+class FigureError(TinyMnistError):
+    pass
 
 
 def _plt():
     try:
         import matplotlib
     except ImportError:
-        raise RuntimeError("figures need matplotlib: pip install 'tinymnist[report]'") from None
+        raise FigureError("figures need matplotlib: pip install 'tinymnist[report]'") from None
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
@@ -25,15 +35,37 @@ def _plt():
 
 
 def _save(fig, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, bbox_inches="tight", metadata={"Software": None})  # no version stamp: stable files
+    """Draws into memory, then writes a temporary file beside `path` and renames it: a full disk keeps the
+    figure already there, and a folder or pipe in the figure's place is refused (savefig would block on it)."""
+    import matplotlib.pyplot as plt
+
+    buf = io.BytesIO()
+    try:
+        fig.savefig(buf, format="png", bbox_inches="tight", metadata={"Software": None})  # no version stamp
+    finally:
+        plt.close(fig)
+    try:
+        atomic_write_bytes(path, buf.getvalue())
+    except OSError as e:
+        raise FigureError(write_failure(path, e)) from None
+
+
+def _one_point(history: list[dict]) -> str | None:
+    return "o" if len(history) == 1 else None  # a line through one epoch is drawn as nothing
+
+
+def _epoch_axis(ax) -> None:
+    low, high = ax.get_xlim()
+    if high - low < 1:  # a panel of one-epoch runs: epoch 1 alone, not ticks at 0.96, 0.98, ...
+        ax.set_xticks([1])
+    ax.set_xlabel("epoch")
 
 
 def _panels(plt, records_by_model: dict[str, list[dict]]):
     """A grid with one panel per model that has records; unused panels are hidden."""
     models = [m for m, recs in records_by_model.items() if recs]
-    cols = min(4, len(models))
-    rows = (len(models) + cols - 1) // cols
+    cols = max(1, min(4, len(models)))  # at least one panel, empty, when no model has records
+    rows = max(1, (len(models) + cols - 1) // cols)
     fig, axes = plt.subplots(rows, cols, figsize=(3.2 * cols, 2.8 * rows), squeeze=False, layout="constrained")
     for ax in axes.flat[len(models):]:
         ax.axis("off")
@@ -41,25 +73,28 @@ def _panels(plt, records_by_model: dict[str, list[dict]]):
 
 
 def test_curves(records_by_model: dict[str, list[dict]], path: Path, target: float, what: str = "every seed") -> None:
-    """Test accuracy per epoch, one line per seed, one panel per model (titled by its key)."""
+    """Test accuracy per epoch, one line per seed, one panel per model (titled by its key); a run without a test
+    set shows its validation accuracy, and says so."""
     plt = _plt()
     fig, axes, panels = _panels(plt, records_by_model)
     for ax, model in panels:
+        late = []
         for rec in records_by_model[model]:
             h = rec["epochs"]
-            ax.plot([r["epoch"] for r in h], [r["test_acc"] for r in h], lw=1, label=f"seed {rec['seed']}")
+            col = accuracy_column(h)
+            ax.plot([r["epoch"] for r in h], [r[col] for r in h], lw=1, marker=_one_point(h),
+                    label=f"seed {rec['seed']}" + ("" if col == "test_acc" else " (validation)"))
+            # the scale follows the second half of the run, where the target is decided; earlier points may
+            # fall below the panel (a weight average starts near chance)
+            late += [r[col] for r in h[len(h) // 2:]]
         ax.axhline(target, color="k", ls="--", lw=0.7)
         ax.set_title(model)
-        # the scale follows the second half of the run, where the target is decided; earlier points may fall
-        # below the panel (a weight average starts near chance)
-        late = [r["test_acc"] for rec in records_by_model[model] for r in rec["epochs"][len(rec["epochs"]) // 2:]]
         ax.set_ylim(min(min(late) - 0.1, target - 0.3), max(max(late) + 0.1, target + 0.2))
-        ax.set_xlabel("epoch")
+        _epoch_axis(ax)
         ax.grid(alpha=0.3)
     axes[0, 0].set_ylabel("test accuracy (%)")
     fig.suptitle(f"Test accuracy per epoch, {what} (dashed: {target:.2f} %)")
     _save(fig, path)
-    plt.close(fig)
 
 
 def train_vs_test(records_by_model: dict[str, list[dict]], path: Path) -> None:
@@ -69,16 +104,19 @@ def train_vs_test(records_by_model: dict[str, list[dict]], path: Path) -> None:
     for ax, model in panels:
         h = records_by_model[model][0]["epochs"]
         epochs = [r["epoch"] for r in h]
-        ax.plot(epochs, [r["train_acc"] for r in h], label="train")
-        ax.plot(epochs, [r["test_acc"] for r in h], label="test")
+        col = accuracy_column(h)
+        shown = [c for c in ("train_acc", col) if c in h[0]]
+        for c in shown:
+            ax.plot(epochs, [r[c] for r in h], label="train" if c == "train_acc" else LABELS[c],
+                    marker=_one_point(h))
         ax.set_title(f"{model}, seed {records_by_model[model][0]['seed']}")
-        ax.set_ylim(min(r["train_acc"] for r in h[1:]) - 0.3, 100)
-        ax.set_xlabel("epoch")
+        # from the second epoch on (the first is far below), or the only one
+        ax.set_ylim(min(r[c] for r in h[1:] or h for c in shown) - 0.3, 100)
+        _epoch_axis(ax)
         ax.grid(alpha=0.3)
     axes[0, 0].set_ylabel("accuracy (%)")
     axes[0, 0].legend()
     _save(fig, path)
-    plt.close(fig)
 
 
 def mistakes(images: torch.Tensor, labels: torch.Tensor, preds: torch.Tensor, path: Path, title: str) -> None:
@@ -95,7 +133,6 @@ def mistakes(images: torch.Tensor, labels: torch.Tensor, preds: torch.Tensor, pa
         ax.set_title(f"{labels[i].item()}→{preds[i].item()}", fontsize=8)
     fig.suptitle(title)
     _save(fig, path)
-    plt.close(fig)
 
 
 def confusion(labels: torch.Tensor, preds: torch.Tensor, path: Path, title: str) -> torch.Tensor:
@@ -117,5 +154,4 @@ def confusion(labels: torch.Tensor, preds: torch.Tensor, path: Path, title: str)
     ax.set_ylabel("true")
     ax.set_title(title)
     _save(fig, path)
-    plt.close(fig)
     return matrix

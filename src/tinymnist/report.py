@@ -12,7 +12,6 @@ margins), `val:MODEL`, `models`, `summary:MODEL`, `bench`, `baseline-method`, `n
 
 from __future__ import annotations
 
-import json
 import posixpath
 import re
 import statistics
@@ -21,8 +20,10 @@ from fractions import Fraction
 from pathlib import Path
 
 from .errors import TinyMnistError
+from .files import atomic_write_bytes, describe_missing, write_failure
 from .model import REGISTRY, ROLES, TARGET, create_model, get_entry
-from .run import held_last
+from .records import accuracy_column, is_percent, load_record, read_json
+from .run import Budget, held_last
 from .summary import format_summary, summary_dict
 
 HOLD = 5  # ... in each of the last HOLD epochs (the reference held it in epochs 11 to 15)
@@ -93,14 +94,21 @@ def verdict(history: list[dict], target: float = TARGET, hold: int = HOLD) -> di
     return {"held": held, "last": last, "above": above, "text": text}
 
 
-def load_records(results: Path, model: str) -> list[dict]:
-    """Every full-data record of `model` in `results`, by seed."""
+# what the docs show of every epoch (the per-epoch log, the margins in test digits); a validation run also val_acc
+DOC_COLUMNS = ("train_loss", "train_acc", "test_loss", "test_acc", "test_correct", "lr", "seconds")
+
+
+def load_records(results: Path, model: str, val: bool = False) -> list[dict]:
+    """Every full-data record of `model` in `results`, by seed, each checked by `records.load_record` (a record
+    that is not one is refused, naming it: the docs are judged over every record) and to be of `model`. With
+    `val` (the folder `results/val/`), each must hold its validation split and accuracy."""
     records = []
     for path in sorted((results / model).glob("seed*.json")):
-        try:
-            rec = json.loads(path.read_text())
-        except (OSError, json.JSONDecodeError) as e:
-            raise ReportError(f"cannot read record {path}: {e}") from None
+        rec = load_record(path, DOC_COLUMNS + (("val_acc",) if val else ()))
+        if rec.get("model", model) != model:
+            raise ReportError(f"{path}: a record of {rec['model']}, not of {model} (whose folder it is in)")
+        if val and rec.get("val") is None:
+            raise ReportError(f"{path}: a record in {results}/ without the validation split it held out (val)")
         if rec.get("limit"):
             continue  # a smoke run on a slice of the data is not a result
         rec["_path"] = path.as_posix()
@@ -108,8 +116,8 @@ def load_records(results: Path, model: str) -> list[dict]:
     return sorted(records, key=lambda r: r["seed"])
 
 
-def require_records(results: Path, model: str) -> list[dict]:
-    records = load_records(results, model)
+def require_records(results: Path, model: str, val: bool = False) -> list[dict]:
+    records = load_records(results, model, val)
     if not records:
         raise ReportError(f"no records for {model} in {results}/")
     return records
@@ -131,7 +139,7 @@ def held_and_mean(records: list[dict], hold: int) -> tuple[int, float]:
 def assess(records: list[dict], goal: Goal) -> dict:
     """How `records` (one model, several seeds) fare against `goal`; the mean is not rounded before judging."""
     held, mean = held_and_mean(records, goal.hold)
-    params = records[0]["params"] if records else 0
+    params = max((r["params"] for r in records), default=0)  # seeds of one network agree; if not, the most counts
     met = (
         bool(records) and len(records) >= goal.seeds and held == len(records) and params <= goal.max_params
         and (goal.min_mean is None or mean >= goal.min_mean)
@@ -305,7 +313,7 @@ def verdict_sentence(results: Path, model: str) -> str:
 
 def val_section(results: Path, model: str, base: str = ".") -> str:
     """What a held-out validation split says, next to the test set, for a `--val` run of `model`."""
-    records = require_records(results / "val", model)
+    records = require_records(results / "val", model, val=True)
     rec = records[0]
     h = rec["epochs"]
     by_val = max(h, key=lambda r: (r["val_acc"], r["epoch"]))  # ties: the later epoch
@@ -340,10 +348,10 @@ def search_section(results: Path, model: str, base: str = ".") -> str:
     path = search / f"{model}.json"
     if not path.is_file():
         raise ReportError(f"no search record {path}")
-    rec = json.loads(path.read_text())
+    rec, trial = load_search_record(path)
     hold = REGISTRY[model].hold
     states = [t["state"] for t in rec["trials"]]
-    own_val = require_records(results / "val", model)[0]
+    own_val = require_records(results / "val", model, val=True)[0]
     own_test = require_records(results, model)
     confirm = require_records(search / "confirm", model)
 
@@ -356,7 +364,6 @@ def search_section(results: Path, model: str, base: str = ".") -> str:
         return f"{held} of {len(records)} seeds | {mean:.3f} |"
 
     best = rec["best"]
-    trial = next(t for t in rec["trials"] if t["number"] == best["number"])
     toml = search / f"{model}.toml"
     lines = [
         (f"`tinymnist search {model}` ran {len(states)} trials of up to {rec['budget']['max_epochs']} epochs on seed 1 "
@@ -386,6 +393,21 @@ def search_section(results: Path, model: str, base: str = ".") -> str:
     return "\n".join(lines)
 
 
+def load_search_record(path: Path) -> tuple[dict, dict]:
+    """A search's record (`search.summary`) and its best trial, checked to hold what its section shows."""
+    rec = read_json(path, "search record")
+    trials, best = rec.get("trials"), rec.get("best")
+    fine = isinstance(trials, list) and all(
+        isinstance(t, dict) and isinstance(t.get("number"), int) and isinstance(t.get("state"), str)
+        and isinstance(t.get("val_acc"), list) and all(map(is_percent, t["val_acc"])) for t in trials
+    ) and isinstance(best, dict) and isinstance(rec.get("budget"), dict) and isinstance(rec.get("objective"), str)
+    trial = next((t for t in trials if t["number"] == best.get("number") and t["val_acc"]), None) if fine else None
+    if trial is None or not isinstance(rec.get("val"), int) or isinstance(rec["val"], bool) or rec["val"] < 1:
+        raise ReportError(f"{path}: not a search record (trials with validation accuracies, the best of them, "
+                          "its budget, objective and validation split)")
+    return rec, trial
+
+
 def models_table() -> str:
     lines = ["| model | params | RF | target |", "|---|---:|---:|---|"]
     for name, entry in REGISTRY.items():
@@ -409,10 +431,9 @@ def bench_tables(results: Path, base: str = ".") -> str:
         "| measurement | project pipeline | baseline pipeline | ratio | record |",
         "|---|---:|---:|---:|---|",
     ]
-    options = [rec for rec in recs if "options" in rec]
-    serving = [rec for rec in recs if rec.get("kind") == "serve"]
-    sweeps = [rec for rec in recs if rec.get("kind") == "sweep"]
-    recs = [rec for rec in recs if "options" not in rec and rec.get("kind") not in ("serve", "sweep")]
+    options, serving, sweeps = ([rec for rec in recs if bench_kind(rec) == kind]
+                                for kind in ("options", "serve", "sweep"))
+    recs = [rec for rec in recs if bench_kind(rec) in ("same-network", "end-to-end")]
     for rec in recs:
         if "fast_img_s" in rec:
             settings = ", ".join(f"{k}={v}" for k, v in rec["settings"].items())
@@ -489,11 +510,75 @@ def role_holder(role: str) -> str | None:
     return ROLES.get(role)
 
 
+NUMBER = (int, float)  # finite: `records.read_json` reads strict JSON
+# the fields the Performance tables show of each kind of benchmark record, and their types
+BENCH_FIELDS = {
+    "same-network": {"model": str, "batch_size": int, "settings": dict, "fast_img_s": NUMBER, "fast_gflop_s": NUMBER,
+                     "baseline_img_s": NUMBER, "baseline_gflop_s": NUMBER, "ratio": NUMBER},
+    "end-to-end": {"model": str, "reference": str, "epochs": int, "fast_seconds": NUMBER,
+                   "baseline_seconds": NUMBER, "ratio": NUMBER},
+    "options": {"model": str, "options": list},
+    "serve": {"where": str, "model": str, "model_key": str, "request": str, "clients": int,
+              "requests_per_client": int, "requests": int, "errors": int, "req_s": NUMBER, "p50_ms": NUMBER,
+              "p99_ms": NUMBER},
+    "sweep": {"runs": int, "model": str, "epochs": int, "limit": int, "seeds": list, "workers": int,
+              "threads_per_run": int, "sweep_seconds": NUMBER, "sweep_runs_per_hour": NUMBER,
+              "sequential_threads": int, "sequential_seconds": NUMBER, "sequential_runs_per_hour": NUMBER,
+              "ratio": NUMBER},
+}
+BENCH_COMMON = {"machine": dict, "command": str, "torch": str}
+BENCH_PARTS = {  # the fields of a record's machine and of each of its options
+    "machine": {"cpu": str, "cores": int, "torch_threads": int, "system": str},
+    "option": {"variant": str, "batch_size": int, "img_s": NUMBER},
+}
+BENCH_OPTIONAL = {"fast_runs": list, "repeat": int, "runs": list, "total_seconds_with_compile": (*NUMBER, type(None))}
+
+
+def bench_kind(rec: dict) -> str:
+    if "options" in rec:
+        return "options"
+    if rec.get("kind") in ("serve", "sweep"):
+        return rec["kind"]
+    return "same-network" if "fast_img_s" in rec else "end-to-end"
+
+
+def _wrong_field(obj: dict, fields: dict) -> str | None:
+    """The first of `fields` (and of BENCH_OPTIONAL, if there) that `obj` lacks or holds with another type (a
+    bool is no number), if any."""
+    for key, kind in {**{k: v for k, v in BENCH_OPTIONAL.items() if k in obj}, **fields}.items():
+        if key not in obj:
+            return f"no {key}"
+        if isinstance(obj[key], bool) or not isinstance(obj[key], kind):
+            return f"{key} is a {type(obj[key]).__name__}"
+    return None
+
+
+def _bench_problem(rec: dict) -> str | None:
+    kind = bench_kind(rec)
+    problem = _wrong_field(rec, {**BENCH_COMMON, **BENCH_FIELDS[kind]})
+    if problem is None:
+        problem = _wrong_field(rec["machine"], BENCH_PARTS["machine"])
+    if problem is None and kind == "options":
+        rows = rec["options"]
+        problem = "no options" if not rows else next(
+            (p for p in (_wrong_field(r, BENCH_PARTS["option"]) if isinstance(r, dict) else "an option is no object"
+                         for r in rows) if p), None)
+    if problem is None and kind == "sweep" and "load_before" in rec and not (
+            isinstance(rec["load_before"], list) and len(rec["load_before"]) == 2
+            and all(isinstance(x, NUMBER) for x in rec["load_before"])):
+        problem = "load_before is not two numbers"
+    return None if problem is None else f"{kind}: {problem}"
+
+
 def bench_records(results: Path) -> list[dict]:
-    """The benchmark records of `results/bench/`, in their numbered order, each with its `_path`."""
+    """The benchmark records of `results/bench/`, in their numbered order, each with its `_path`, checked to hold
+    the fields of its kind that the tables show."""
     recs = []
     for path in sorted((results / "bench").glob("*.json"), key=_numbered):
-        rec = json.loads(path.read_text())
+        rec = read_json(path, "benchmark record")
+        problem = _bench_problem(rec)
+        if problem is not None:
+            raise ReportError(f"{path}: not a benchmark record ({problem})")
         rec["_path"] = path.as_posix()
         recs.append(rec)
     return recs
@@ -508,6 +593,9 @@ def end_to_end_record(results: Path, model: str) -> dict | None:
 def test_digits(records: list[dict], hold: int) -> tuple[int, int]:
     """Test digits classified right, and evaluated, over the last `hold` epochs of every record."""
     rows = [r for rec in records for r in rec["epochs"][-hold:]]
+    if any(r["test_acc"] == 0 for r in rows):
+        raise ReportError("cannot count the test digits of an epoch at 0 % (its record does not say how many "
+                          "were tested)")
     right = sum(r["test_correct"] for r in rows)
     total = sum(round(r["test_correct"] * 100 / r["test_acc"]) for r in rows)
     return right, total
@@ -607,7 +695,7 @@ def final_choice(results: Path, base: str = ".") -> str:
         f"{goal.min_mean:.2f} %: {right:,} of the {total:,} test digits evaluated in those epochs are right, "
         f"{_count(abs(right - need))} {'more' if right >= need else 'fewer'} than {goal.min_mean:.2f} % asks for."
     )
-    val = load_records(results / "val", final)
+    val = load_records(results / "val", final, val=True)
     if val:
         rec = val[0]
         last = [r["val_acc"] for r in rec["epochs"][-goal.hold:]]
@@ -650,7 +738,7 @@ def null_commits(results: Path, base: str = ".") -> str:
     """Which records name no commit (`git_commit: null`): their code cannot be traced to a commit."""
     found, total = {}, 0
     for path in sorted(results.glob("**/seed*.json")):
-        rec = json.loads(path.read_text())
+        rec = load_record(path)
         total += 1
         if rec.get("git_commit") is None:
             found.setdefault(path.parent, []).append(rec["seed"])
@@ -770,8 +858,6 @@ def pages(readme: Path = Path("README.md"), docs: Path = Path(DOCS)) -> list[Pat
 def update_page(page: Path, results: Path, write: bool = True) -> bool:
     """Regenerates a page's sections; returns whether anything differed (and wrote it, if `write`). Links are
     made relative to the page's folder, taken relative to the current directory (the project's root)."""
-    from .files import atomic_write_bytes
-
     try:
         text = page.read_text()
     except OSError as e:
@@ -779,8 +865,15 @@ def update_page(page: Path, results: Path, write: bool = True) -> bool:
     base = posixpath.relpath(page.parent.resolve().as_posix(), Path.cwd().resolve().as_posix())
     new = render(text, results, base)
     if new != text and write:
-        atomic_write_bytes(page, new.encode())
+        _write(page, new.encode())
     return new != text
+
+
+def _write(path: Path, data: bytes) -> None:
+    try:
+        atomic_write_bytes(path, data)  # a temporary file renamed into place: a full disk keeps the old file
+    except OSError as e:
+        raise ReportError(write_failure(path, e)) from None
 
 
 ROLE_CURVES = "role_curves.png"  # the README's figure: the test curves of the final and the tiny model
@@ -826,8 +919,6 @@ def ship_weights(results: Path, weights_dir: Path) -> list[Path]:
     """Copies the seed-1 checkpoint of each role's model (`model.ROLES`) and of each model in `SHIPPED_EXTRA`
     into the package, with where it came from, so `eval final`, `predict final` and `serve` work from an
     installed package. Nothing in training reads them."""
-    import shutil
-
     from .records import write_json
 
     shipped = []
@@ -837,10 +928,13 @@ def ship_weights(results: Path, weights_dir: Path) -> list[Path]:
         if not (src.is_file() and record.is_file()):
             which = f"the {role} model {name}" if role else name
             raise ReportError(f"no seed-1 checkpoint and record of {which} in {results}/")
-        rec = json.loads(record.read_text())
+        rec = load_record(record, DOC_COLUMNS)
         dest = weights_dir / f"{name}.pt"
-        weights_dir.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(src, dest)
+        try:
+            data = src.read_bytes()
+        except OSError as e:
+            raise ReportError(f"cannot read {src}: {e.strerror}") from None
+        _write(dest, data)  # not copyfile: that truncates the shipped file before a full disk stops it
         write_json(dest.with_suffix(".json"), {
             "model": name, "role": role, "seed": rec["seed"], "record": record.as_posix(),
             "test_acc": rec["epochs"][-1]["test_acc"], "test_correct": rec["epochs"][-1]["test_correct"],
@@ -857,51 +951,78 @@ def ship_weights(results: Path, weights_dir: Path) -> list[Path]:
 
 
 def _folder_records(results: Path) -> dict[str, list[dict]]:
-    """Every run record under `results` by model folder (smoke runs on a slice included: they are marked)."""
+    """Every run record under `results` by model folder (smoke runs on a slice included: they are marked), each
+    checked by `records.load_record`: a file that is not a record is refused, naming it."""
     found: dict[str, list[dict]] = {}
     for path in sorted(results.glob("*/seed*.json")):
-        try:
-            rec = json.loads(path.read_text())
-        except (OSError, json.JSONDecodeError) as e:
-            raise ReportError(f"cannot read record {path}: {e}") from None
-        if not isinstance(rec, dict) or not isinstance(rec.get("epochs"), list) or not rec["epochs"]:
-            raise ReportError(f"{path}: not a tinymnist run record")
+        rec = load_record(path)
         rec["_path"] = path.as_posix()
         found.setdefault(path.parent.name, []).append(rec)
-    return {k: sorted(v, key=lambda r: r.get("seed", 0)) for k, v in found.items()}
+    return {k: sorted(v, key=lambda r: r["seed"]) for k, v in found.items()}
+
+
+def record_budget(rec: dict) -> Budget:
+    """The budget a (checked) record was judged by when it ran; for a record from before budgets were written,
+    its model's hold."""
+    if rec.get("budget") is None:
+        name = rec.get("model")
+        return Budget(hold=REGISTRY[name].hold if name in REGISTRY else HOLD)
+    return Budget(**{k: v for k, v in rec["budget"].items() if k in Budget.__dataclass_fields__})
+
+
+def _groups(by_model: dict[str, list[dict]]) -> list[tuple[str, str, Budget, str, list[dict]]]:
+    """The records of each folder in groups judged alike: (folder, model, budget, accuracy column, records). The
+    runs of one folder may differ (another --max-params, a record copied in): each is judged by its own budget."""
+    groups: dict[tuple, list[dict]] = {}
+    for folder, records in by_model.items():
+        for rec in records:
+            key = (folder, rec.get("model", folder), record_budget(rec), accuracy_column(rec["epochs"]))
+            groups.setdefault(key, []).append(rec)
+    return [(*key, recs) for key, recs in groups.items()]
 
 
 def folder_table(results: Path, folders: set[str] | None = None) -> list[str]:
     """The seed table with verdicts against each record's budget of the records under `results` (only the
-    folders in `folders`, if given), with notes on runs made on a slice: what `report --out` and `sweep` show."""
-    from .run import Budget, verdict
+    folders in `folders`, if given), with notes on runs made on a slice: what `report --out` and `sweep` show.
+    A run without a test set shows its validation accuracy and is not judged."""
+    from .run import verdict
 
     by_model = {k: v for k, v in _folder_records(results).items() if folders is None or k in folders}
     lines = ["| model | params | seeds | held | mean of the last K | lowest of them | "
              "budget | verdict |", "|---|---:|---|---:|---:|---:|---|---|"]
-    notes = []
-    for folder, records in by_model.items():
-        name = records[0].get("model", folder)
-        budget = Budget(**{k: v for k, v in (records[0].get("budget") or {}).items()
-                           if k in Budget.__dataclass_fields__})
-        if "budget" not in records[0]:
-            budget = Budget(hold=REGISTRY[name].hold if name in REGISTRY else HOLD)
-        verdicts = [verdict(r["epochs"], budget, r["params"]) for r in records]
-        lasts = [row["test_acc"] for r in records for row in r["epochs"][-budget.hold:]]
-        met = sum(v["held"] and v["within_budget"] for v in verdicts)
+    notes = {}
+    for folder, name, budget, col, records in _groups(by_model):
+        lasts = [row[col] for r in records for row in r["epochs"][-budget.hold:]]
+        if col == "test_acc":
+            met = sum(v["held"] and v["within_budget"] for v in (verdict(r["epochs"], budget, r["params"])
+                                                                 for r in records))
+            held = f"{met} of {len(records)}"
+            said = (f"{'met on every seed' if met == len(records) else 'not met'} (>= {budget.target:.2f} % in "
+                    f"each of the last {budget.hold} epochs)")
+        else:
+            held, said = "-", "not judged: no test accuracy (a run without a test set: validation accuracy shown)"
         limits = sorted({r["limit"] for r in records if r.get("limit")})
         setting = f" ({folder.partition('+')[2]})" if "+" in folder else ""  # a sweep's grid setting
-        spend = ", ".join(x for x in (f"<= {budget.max_params:,} params" if budget.max_params else "",
+        spend = ", ".join(x for x in (f"<= {budget.max_params:,} params" if budget.max_params is not None else "",
                                       f"<= {budget.max_epochs} epochs" if budget.max_epochs else "") if x) or "none"
+        params = ", ".join(f"{p:,}" for p in sorted({r["params"] for r in records}))
         lines.append(
-            f"| {name}{setting} | {records[0]['params']:,} | {', '.join(str(r['seed']) for r in records)} | "
-            f"{met} of {len(records)} | {statistics.mean(lasts):.3f} (K = {budget.hold}) | {min(lasts):.2f} | "
-            f"{spend} | {'met on every seed' if met == len(records) else 'not met'} "
-            f"(>= {budget.target:.2f} % in each of the last {budget.hold} epochs) |")
+            f"| {name}{setting} | {params} | {', '.join(str(r['seed']) for r in records)} | {held} | "
+            f"{statistics.mean(lasts):.3f} (K = {budget.hold}) | {min(lasts):.2f} | {spend} | {said} |")
         if limits:
-            notes.append(f"{name}: trained on a slice (--limit {', '.join(map(str, limits))}), not the full data")
+            notes[f"{name}: trained on a slice (--limit {', '.join(map(str, limits))}), not the full data"] = None
     lines += [""] + [f"- {n}" for n in notes] + ([""] if notes else [])
     return lines
+
+
+def _out_folder(out: Path) -> None:
+    """Makes the report's folder, or refuses with one line (a file, /dev/null, a folder that cannot be made)."""
+    if out.exists() and not out.is_dir():
+        raise ReportError(f"cannot write the report into {out}: it {describe_missing(out, 'folder')}")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise ReportError(write_failure(out, e)) from None
 
 
 def folder_report(results: Path, out: Path, data_dir=None, entries: dict | None = None) -> Path:
@@ -915,7 +1036,7 @@ def folder_report(results: Path, out: Path, data_dir=None, entries: dict | None 
     by_model = _folder_records(results)
     if not by_model:
         raise ReportError(f"no run records (<model>/seed<N>.json) in {results}/")
-    out.mkdir(parents=True, exist_ok=True)
+    _out_folder(out)
     lines = [f"# Report on {results}", "", *folder_table(results)]
     figures.test_curves(by_model, out / "test_curves.png", TARGET)
     figures.train_vs_test(by_model, out / "train_vs_test.png")
@@ -946,7 +1067,5 @@ def folder_report(results: Path, out: Path, data_dir=None, entries: dict | None 
                   "",
                   f"![confusion]({stem}-confusion.png)", "", f"![mistakes]({stem}-mistakes.png)", ""]
     page = out / "report.md"
-    from .files import atomic_write_bytes
-
-    atomic_write_bytes(page, "\n".join(lines).encode())
+    _write(page, "\n".join(lines).encode())
     return page

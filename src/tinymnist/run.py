@@ -22,6 +22,7 @@ from .recipes import Recipe
 from .records import (
     check_finished,
     git_commit,
+    is_percent,
     load_state,
     lock_run,
     record_path,
@@ -62,9 +63,25 @@ class Budget:
         return asdict(self)
 
 
+class VerdictError(TinyMnistError):
+    pass
+
+
 def held_last(history: list[dict], target: float, hold: int) -> tuple[bool, list[float]]:
-    """Whether the test accuracy stayed >= `target` in each of the last `hold` epochs, and those accuracies."""
-    accs = [row["test_acc"] for row in history]
+    """Whether the test accuracy stayed >= `target` in each of the last `hold` epochs, and those accuracies.
+
+    Every verdict comes through here, so here it refuses what cannot be judged: NaN compares false, so `min`
+    steps over it and the run "held"; an accuracy above 100 is no accuracy; a `hold` below 1 slices the wrong
+    epochs (`accs[-0:]` is all of them, `accs[2:]` for -2)."""
+    if not (isinstance(hold, int) and not isinstance(hold, bool) and hold >= 1):
+        raise VerdictError(f"cannot judge the last {hold!r} epochs: the hold must be a whole number >= 1")
+    if not is_percent(target):
+        raise VerdictError(f"cannot judge against a target of {target!r}: not a percentage from 0 to 100")
+    accs = [row.get("test_acc") if isinstance(row, dict) else None for row in history]
+    bad = next((i for i, a in enumerate(accs, 1) if not is_percent(a)), None)
+    if bad is not None:
+        raise VerdictError(f"cannot judge a test accuracy of {accs[bad - 1]!r} (epoch {bad}): not a percentage "
+                           "from 0 to 100")
     last = accs[-hold:]
     return len(accs) >= hold and min(last) >= target, last
 
