@@ -110,8 +110,10 @@ def train_vs_test(records_by_model: dict[str, list[dict]], path: Path) -> None:
             ax.plot(epochs, [r[c] for r in h], label="train" if c == "train_acc" else LABELS[c],
                     marker=_one_point(h))
         ax.set_title(f"{model}, seed {records_by_model[model][0]['seed']}")
-        # from the second epoch on (the first is far below), or the only one
-        ax.set_ylim(min(r[c] for r in h[1:] or h for c in shown) - 0.3, 100)
+        # the scale follows training from the second epoch on (the first, and a weight average's early test
+        # accuracy, are far below); a run of one epoch shows its only points
+        low = min(r[shown[0]] for r in h[1:]) if len(h) > 1 else min(h[0][c] for c in shown)
+        ax.set_ylim(low - 0.3, 100)
         _epoch_axis(ax)
         ax.grid(alpha=0.3)
     axes[0, 0].set_ylabel("accuracy (%)")
