@@ -47,4 +47,8 @@ tinymnist bench Model_33 --epochs 15 --repeat 3 --save results/bench/18-end-to-e
 tinymnist bench Model_41 --epochs 15 --repeat 5 --save results/bench/20-end-to-end-Model_41.json  # the final model
 # the same with the baseline's whole run measured, evaluations included (bench.baseline_run)
 tinymnist bench Model_41 --epochs 15 --save results/bench/23-end-to-end-Model_41-measured.json
+# many runs at once: a sweep against one run after another, on runs that learn (all the data, 3 epochs, the
+# schedule's warm-up shortened to match and no weight average, which would not warm up in 3 epochs)
+tinymnist bench --sweep Model_41 --set epochs=3 --set warmup=1 --set ema=0 --seeds 1-2 --repeat 3 \
+  --save results/bench/22-sweep.json
 tinymnist report

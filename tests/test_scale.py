@@ -7,6 +7,7 @@ their process as it is), so Ray's start-up is paid once.
 import json
 import os
 import signal
+import statistics
 import subprocess
 import sys
 from pathlib import Path
@@ -170,10 +171,14 @@ def test_scale_errors_are_one_line(tmp_path, mnist_dir, ray_local, capsys):
 def test_bench_sweep_times_both_ways(tmp_path, mnist_dir, ray_local):
     save = tmp_path / "bench.json"
     assert main(["bench", "--sweep", "Model_8", "--seeds", "1-2", "--limit", "256", "--set", "epochs=1",
-                 "--data-dir", str(mnist_dir), "--save", str(save)]) == 0
+                 "--repeat", "2", "--data-dir", str(mnist_dir), "--save", str(save)]) == 0
     res = json.loads(save.read_text())
     assert res["kind"] == "sweep" and res["runs"] == 2 and res["sweep_runs_per_hour"] > 0
     assert res["sequential_runs_per_hour"] > 0 and res["machine"]
+    assert len(res["sweep_runs"]) == len(res["sequential_runs"]) == len(res["load_sweep"]) == 2
+    # each way's runs, each repetition: what they reached says whether the timing was of runs that learn
+    assert [len(accs) for accs in res["sweep_last_test_acc"] + res["sequential_last_test_acc"]] == [2] * 4
+    assert res["ratio"] == round(statistics.median(res["sequential_runs"]) / statistics.median(res["sweep_runs"]), 3)
 
 
 def test_train_needs_neither_ray_nor_optuna_and_sweep_says_how_to_install():

@@ -323,7 +323,8 @@ def cmd_search(args) -> None:
 
 
 def _bench_sweep(args) -> None:
-    """The same runs as a sweep (2 workers x 1 thread) and one after another (2 threads each): runs per hour."""
+    """The same runs as a sweep (2 workers x 1 thread) and one after another (2 threads each), alternating,
+    --repeat times (default 3): the medians in runs per hour."""
     from .sweep import bench_sweep, import_ray
 
     import_ray()
@@ -331,17 +332,20 @@ def _bench_sweep(args) -> None:
     recipe, _ = _recipe(entry, args)
     if args.save:
         _check_writable(Path(args.save).parent, Path(args.save))
-    res = bench_sweep(entry, recipe, _runtime(args, pick_device("cpu")), args.seeds or [1, 2, 3, 4],
-                      limit=args.limit, data_dir=args.data_dir, say=lambda line: print(line, flush=True))
+    res = bench_sweep(entry, recipe, _runtime(args, pick_device("cpu")), args.seeds or [1, 2],
+                      limit=args.limit, data_dir=args.data_dir, repeat=args.repeat or 3,
+                      say=lambda line: print(line, flush=True))
     _save_bench(args, res)
     if args.json:
         print(json.dumps(res, indent=1))
         return
-    print(f"{res['runs']} runs of {res['model']} ({res['epochs']} epochs, --limit {res['limit']}): sweep "
-          f"{res['workers']} x {res['threads_per_run']} thread {res['sweep_seconds']:.1f} s "
-          f"({res['sweep_runs_per_hour']:.0f} runs/hour, Ray's start-up included); one after another with "
-          f"{res['sequential_threads']} threads {res['sequential_seconds']:.1f} s "
-          f"({res['sequential_runs_per_hour']:.0f} runs/hour): {res['ratio']:.2f}x")
+    lowest = min(min(accs) for accs in res["sweep_last_test_acc"] + res["sequential_last_test_acc"])
+    print(f"{res['runs']} runs of {res['model']} ({res['epochs']} epochs, --limit {res['limit']}), median of "
+          f"{res['repeat']} alternating repetitions: sweep {res['workers']} x {res['threads_per_run']} thread "
+          f"{res['sweep_seconds']:.1f} s ({res['sweep_runs_per_hour']:.0f} runs/hour, Ray's start-up included); "
+          f"one after another with {res['sequential_threads']} threads {res['sequential_seconds']:.1f} s "
+          f"({res['sequential_runs_per_hour']:.0f} runs/hour): {res['ratio']:.2f}x; lowest last test accuracy "
+          f"{lowest:.2f}%")
 
 
 def _check_writable(out: Path, target: Path | None = None) -> None:
@@ -418,11 +422,11 @@ def cmd_bench(args) -> None:
         _bench_sweep(args)
         return
     model = resolve_name(args.model or ("final" if args.epochs else "Model_6"))
+    if args.save:  # refused before the data is looked for
+        _check_writable(Path(args.save).parent, Path(args.save))
     device = pick_device(args.device)
     runtime = _runtime(args, device)
     data = load_mnist(args.data_dir).limit(args.limit).to(device)
-    if args.save:
-        _check_writable(Path(args.save).parent, Path(args.save))
     if args.options:
         rows = bench.options(model, data, device, runtime, repeat=args.repeat or 3)
         res = {"model": model, "device": str(device), "options": rows}
@@ -622,8 +626,9 @@ def build_parser() -> Parser:
                    help="with --serve: requests per client (default 250)")
     s.add_argument("--sweep", action="store_true",
                    help="instead, time the same runs of MODEL (default: final) as a Ray sweep (2 workers x 1 thread) "
-                        "and one after another (2 threads): runs per hour, Ray's start-up included")
-    s.add_argument("--seeds", type=seed_list, help="with --sweep: the runs' seeds (default 1-4)")
+                        "and one after another (2 threads), alternating --repeat times: runs per hour, Ray's start-up "
+                        "included")
+    s.add_argument("--seeds", type=seed_list, help="with --sweep: the runs' seeds (default 1,2: one run a worker)")
     s.add_argument("--recipe", help="with --sweep: the runs' recipe (default: the model's own)")
     s.add_argument("--set", action="append", metavar="FIELD=VALUE", help="with --sweep: change a recipe field")
     s.add_argument("--save", metavar="FILE.json", help="also write the measurement to FILE.json as a record")

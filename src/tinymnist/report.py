@@ -422,6 +422,49 @@ def _numbered(path: Path) -> tuple[int, str]:
     return (int(head) if head.isdigit() else 1 << 30, path.name)
 
 
+def _sweep_bench(rec: dict, base: str) -> list[str]:
+    """A `bench --sweep` record: both ways' seconds per repetition, the machine's load as each started, and the
+    runs' last test accuracies, which say whether the timed runs learned."""
+    def accs(rows: list[list[float]]) -> str:
+        return f"{min(min(r) for r in rows):.2f}-{max(max(r) for r in rows):.2f} %"
+
+    def each(values: list[float], digits: int = 1) -> str:
+        return ", ".join(f"{v:.{digits}f}" for v in values)
+
+    data = "all 60,000 training and 10,000 test images" if rec["limit"] is None else \
+        f"the first {rec['limit']:,} training and test images"
+    return [
+        (f"Many runs at once: the same {rec['runs']} runs of {rec['model']} ({rec['epochs']} epochs at batch "
+         f"{rec['batch_size']} on {data}, seeds {', '.join(map(str, rec['seeds']))}) as a `tinymnist sweep` on a "
+         f"local Ray instance and one after another, alternating, {rec['repeat']} repetitions of each in one "
+         "invocation; Ray's start-up and shutdown are part of the sweep's time "
+         f"([{Path(rec['_path']).name}]({link(rec['_path'], base)})):"), "",
+        "| how | runs at a time x torch threads each | seconds, each repetition | median | runs per hour "
+        "| last test accuracy | 1-minute load as each started |",
+        "|---|---|---|---:|---:|---|---|",
+        f"| sweep on Ray | {rec['workers']} x {rec['threads_per_run']} | {each(rec['sweep_runs'])} | "
+        f"{rec['sweep_seconds']:.1f} | **{rec['sweep_runs_per_hour']:,.0f}** | {accs(rec['sweep_last_test_acc'])} | "
+        f"{each(rec['load_sweep'], 2)} |",
+        f"| one after another (`train --seeds`) | 1 x {rec['sequential_threads']} | {each(rec['sequential_runs'])} | "
+        f"{rec['sequential_seconds']:.1f} | {rec['sequential_runs_per_hour']:,.0f} | "
+        f"{accs(rec['sequential_last_test_acc'])} | {each(rec['load_sequential'], 2)} |",
+        "", f"The sweep does the runs {rec['ratio']:.2f}x as fast (median against median; each repetition "
+            f"{', '.join(f'{r:.2f}x' for r in rec['ratios'])}). {_why_sweep_wins(rec)}",
+    ]
+
+
+def _why_sweep_wins(rec: dict) -> str:
+    """What the ratio itself says: perfectly scaling threads would make the two ways take about as long."""
+    if rec["ratio"] > rec["workers"]:
+        return (f"Above {rec['workers']}x, each run of {rec['sequential_threads']} threads took longer than a run "
+                f"of {rec['threads_per_run']} on a core of its own (Ray's start-up included in the latter): a "
+                "network this small gains nothing from a second thread, whose waits cost more than it computes.")
+    if rec["ratio"] > 1:
+        return (f"Runs of {rec['sequential_threads']} threads of a network this small use the cores less well "
+                f"than {rec['workers']} runs of {rec['threads_per_run']} thread side by side.")
+    return "Here the sweep's start-up costs more than running side by side gains."
+
+
 def bench_tables(results: Path, base: str = ".") -> str:
     """The Performance figures, from the records that `tinymnist bench --save` wrote to results/bench/."""
     recs = bench_records(results)
@@ -480,23 +523,7 @@ def bench_tables(results: Path, base: str = ".") -> str:
                   f"{rec['requests_per_client']} | {rec['requests']:,} | {rec['errors']} | {rec['req_s']:,.0f} | "
                   f"{rec['p50_ms']:.1f} ms | {rec['p99_ms']:.1f} ms |"]
     for rec in sweeps:
-        load = (f"; the machine's 1-minute load average was {rec['load_before'][0]:.2f} as the sweep started and "
-                f"{rec['load_before'][1]:.2f} as the runs one after another started (other work shared its 2 cores)"
-                if "load_before" in rec else "")
-        lines += ["", (f"Many runs at once: the same {rec['runs']} runs of {rec['model']} ({rec['epochs']} epochs on "
-                       f"the first {rec['limit']:,} training and test images, seeds "
-                       f"{', '.join(map(str, rec['seeds']))}) as a `tinymnist sweep` on a local Ray instance and one "
-                       "after another, in one invocation; Ray's start-up and shutdown are part of the sweep's "
-                       f"time{load} ([{Path(rec['_path']).name}]({link(rec['_path'], base)})):"), "",
-                  "| how | runs at a time x torch threads each | seconds | runs per hour |",
-                  "|---|---|---:|---:|",
-                  f"| sweep on Ray | {rec['workers']} x {rec['threads_per_run']} | {rec['sweep_seconds']:.1f} | "
-                  f"**{rec['sweep_runs_per_hour']:,.0f}** |",
-                  f"| one after another (`train --seeds`) | 1 x {rec['sequential_threads']} | "
-                  f"{rec['sequential_seconds']:.1f} | {rec['sequential_runs_per_hour']:,.0f} |",
-                  "", (f"The sweep does the runs {rec['ratio']:.2f}x as fast. On a machine other work shares, a run "
-                       "of 2 threads waits whenever another process holds one of the cores, and one-thread runs do "
-                       "not, so a busy machine widens the gap: measured with no other load, it would be smaller.")]
+        lines += ["", *_sweep_bench(rec, base)]
     everything = recs + options + serving + sweeps
     m = everything[0]["machine"]
     lines += ["", f"Measured on: {m['cpu']}, {m['cores']} cores, {m['torch_threads']} torch threads, "
@@ -521,11 +548,15 @@ BENCH_FIELDS = {
     "serve": {"where": str, "model": str, "model_key": str, "request": str, "clients": int,
               "requests_per_client": int, "requests": int, "errors": int, "req_s": NUMBER, "p50_ms": NUMBER,
               "p99_ms": NUMBER},
-    "sweep": {"runs": int, "model": str, "epochs": int, "limit": int, "seeds": list, "workers": int,
-              "threads_per_run": int, "sweep_seconds": NUMBER, "sweep_runs_per_hour": NUMBER,
-              "sequential_threads": int, "sequential_seconds": NUMBER, "sequential_runs_per_hour": NUMBER,
-              "ratio": NUMBER},
+    "sweep": {"runs": int, "model": str, "epochs": int, "batch_size": int, "limit": (int, type(None)),
+              "seeds": list, "workers": int, "threads_per_run": int, "sequential_threads": int, "repeat": int,
+              "sweep_seconds": NUMBER, "sweep_runs_per_hour": NUMBER, "sequential_seconds": NUMBER,
+              "sequential_runs_per_hour": NUMBER, "ratio": NUMBER, **dict.fromkeys(
+                  ("sweep_runs", "sequential_runs", "ratios", "load_sweep", "load_sequential",
+                   "sweep_last_test_acc", "sequential_last_test_acc"), list)},
 }
+SWEEP_SERIES = ("sweep_runs", "sequential_runs", "ratios", "load_sweep", "load_sequential")  # a number a repetition
+SWEEP_ACCURACIES = ("sweep_last_test_acc", "sequential_last_test_acc")  # a repetition's runs' last accuracies
 BENCH_COMMON = {"machine": dict, "command": str, "torch": str}
 BENCH_PARTS = {  # the fields of a record's machine and of each of its options
     "machine": {"cpu": str, "cores": int, "torch_threads": int, "system": str},
@@ -553,6 +584,22 @@ def _wrong_field(obj: dict, fields: dict) -> str | None:
     return None
 
 
+def _sweep_problem(rec: dict) -> str | None:
+    """A sweep benchmark's series: one number per repetition; one list of `runs` accuracies per repetition."""
+    def numbers(xs) -> bool:
+        return all(isinstance(x, NUMBER) and not isinstance(x, bool) for x in xs)
+
+    reps = rec["repeat"]
+    for key in SWEEP_SERIES:
+        if len(rec[key]) != reps or not numbers(rec[key]):
+            return f"{key} is not {reps} numbers"
+    for key in SWEEP_ACCURACIES:
+        if len(rec[key]) != reps or not all(isinstance(r, list) and len(r) == rec["runs"] and numbers(r)
+                                            and all(0 <= a <= 100 for a in r) for r in rec[key]):
+            return f"{key} is not {reps} lists of {rec['runs']} accuracies"
+    return None
+
+
 def _bench_problem(rec: dict) -> str | None:
     kind = bench_kind(rec)
     problem = _wrong_field(rec, {**BENCH_COMMON, **BENCH_FIELDS[kind]})
@@ -563,10 +610,8 @@ def _bench_problem(rec: dict) -> str | None:
         problem = "no options" if not rows else next(
             (p for p in (_wrong_field(r, BENCH_PARTS["option"]) if isinstance(r, dict) else "an option is no object"
                          for r in rows) if p), None)
-    if problem is None and kind == "sweep" and "load_before" in rec and not (
-            isinstance(rec["load_before"], list) and len(rec["load_before"]) == 2
-            and all(isinstance(x, NUMBER) for x in rec["load_before"])):
-        problem = "load_before is not two numbers"
+    if problem is None and kind == "sweep":
+        problem = _sweep_problem(rec)
     return None if problem is None else f"{kind}: {problem}"
 
 

@@ -16,6 +16,7 @@ import itertools
 import os
 import re
 import socket
+import statistics
 import sys
 import tempfile
 import time
@@ -400,42 +401,57 @@ def seeds_table(out: Path, runs: list[Run]) -> str:
 
 
 def bench_sweep(entry: Entry, recipe: Recipe, runtime: Runtime, seeds: list[int], *, limit: int | None,
-                data_dir=None, workers: int = 2, threads: int = 1, sequential_threads: int = 2,
+                data_dir=None, workers: int = 2, threads: int = 1, sequential_threads: int = 2, repeat: int = 3,
                 say: Callable[[str], None] = print) -> dict:
     """Times the same runs as a sweep (`workers` x `threads`, Ray's start-up and shutdown included) and one
-    after another in this process (`sequential_threads` each); runs per hour for both, and whether the two
-    gave the same accuracies (they do when the thread counts are equal; here they differ, so may the floats)."""
+    after another in this process (`sequential_threads` each), `repeat` times, the two ways alternating (and
+    which goes first alternating too), since the machine's speed drifts. Returns each repetition's seconds,
+    the machine's load as each leg started, the medians and their ratio, and every run's last test accuracy:
+    a timing means something only where the runs learn."""
     budget = Budget(hold=entry.hold)
     runs = [Run(entry, recipe, seed, entry.slug) for seed in seeds]
-    with tempfile.TemporaryDirectory(prefix="tinymnist-bench-") as tmp:
-        tmp = Path(tmp)
-        loads = [os.getloadavg()[0]]  # the machine may be shared: how busy it was as each way started
-        start = time.perf_counter()
-        swept = sweep(runs, tmp / "sweep", runtime, lambda e: budget, workers=workers, threads=threads, limit=limit,
-                      data_dir=data_dir, say=say)
-        sweep_seconds = time.perf_counter() - start
+    data = load_mnist(data_dir).limit(limit)
+    run = run_identity(limit, None, data.checksums)
+
+    def swept(tmp: Path) -> list[float]:
+        records = sweep(runs, tmp, runtime, lambda e: budget, workers=workers, threads=threads, limit=limit,
+                        data_dir=data_dir, say=lambda line: None)
+        return [rec["epochs"][-1]["test_acc"] for rec in records]
+
+    def one_after_another(tmp: Path) -> list[float]:
         previous = torch.get_num_threads()
         torch.set_num_threads(sequential_threads)
         try:
-            loads.append(os.getloadavg()[0])
-            start = time.perf_counter()
-            data = load_mnist(data_dir).limit(limit)
-            run = run_identity(limit, None, data.checksums)
-            for seed in seeds:
-                train_seed(entry, recipe, replace(runtime, threads=sequential_threads), data, seed, tmp / "seq",
-                           budget=budget, limit=limit, run=run, log=lambda line: None)
-                say(f"one after another: seed {seed} done")
-            seq_seconds = time.perf_counter() - start
+            return [train_seed(entry, recipe, replace(runtime, threads=sequential_threads), data, seed, tmp,
+                               budget=budget, limit=limit, run=run, log=lambda line: None)["epochs"][-1]["test_acc"]
+                    for seed in seeds]
         finally:
             torch.set_num_threads(previous)
+
+    legs = {"sweep": swept, "sequential": one_after_another}
+    seconds: dict[str, list[float]] = {k: [] for k in legs}
+    accs: dict[str, list[list[float]]] = {k: [] for k in legs}
+    loads: dict[str, list[float]] = {k: [] for k in legs}
+    for rep in range(repeat):
+        for name in (("sweep", "sequential") if rep % 2 == 0 else ("sequential", "sweep")):
+            with tempfile.TemporaryDirectory(prefix="tinymnist-bench-") as tmp:
+                loads[name].append(round(os.getloadavg()[0], 2))  # the machine may be shared: how busy it was
+                start = time.perf_counter()
+                accs[name].append(legs[name](Path(tmp)))
+                seconds[name].append(round(time.perf_counter() - start, 2))
+            say(f"repetition {rep + 1}/{repeat}: {name} {seconds[name][-1]:.1f} s, last test accuracies "
+                f"{', '.join(f'{a:.2f}' for a in accs[name][-1])}")
     n = len(seeds)
+    sweep_s, seq_s = statistics.median(seconds["sweep"]), statistics.median(seconds["sequential"])
     return {
         "kind": "sweep", "model": entry.name, "seeds": seeds, "runs": n, "limit": limit, "epochs": recipe.epochs,
-        "workers": workers, "threads_per_run": threads, "sequential_threads": sequential_threads,
-        "sweep_seconds": round(sweep_seconds, 2), "sequential_seconds": round(seq_seconds, 2),
-        "sweep_runs_per_hour": round(3600 * n / sweep_seconds, 1),
-        "sequential_runs_per_hour": round(3600 * n / seq_seconds, 1),
-        "ratio": round(seq_seconds / sweep_seconds, 3),
-        "sweep_final_test_acc": [rec["epochs"][-1]["test_acc"] for rec in swept],
-        "load_before": [round(x, 2) for x in loads],  # as the sweep, then the runs one after another, started
+        "batch_size": recipe.batch_size, "workers": workers, "threads_per_run": threads,
+        "sequential_threads": sequential_threads, "repeat": repeat,
+        "sweep_runs": seconds["sweep"], "sequential_runs": seconds["sequential"],
+        "sweep_seconds": round(sweep_s, 2), "sequential_seconds": round(seq_s, 2),
+        "sweep_runs_per_hour": round(3600 * n / sweep_s, 1), "sequential_runs_per_hour": round(3600 * n / seq_s, 1),
+        "ratio": round(seq_s / sweep_s, 3),
+        "ratios": [round(q / s, 3) for s, q in zip(seconds["sweep"], seconds["sequential"])],
+        "sweep_last_test_acc": accs["sweep"], "sequential_last_test_acc": accs["sequential"],
+        "load_sweep": loads["sweep"], "load_sequential": loads["sequential"],  # 1-minute load as each leg started
     }
