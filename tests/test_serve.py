@@ -3,6 +3,7 @@ headless Chromium driven by Selenium (drawing with pointer events), which saves 
 
 import http.client
 import io
+import itertools
 import json
 import math
 import os
@@ -571,3 +572,119 @@ def test_in_a_real_browser_drawing_shows_prediction_view_and_feature_maps_for_ea
     assert FIGURE.stat().st_size > 10_000
     print(f"browser test: {time.perf_counter() - start:.1f} s")
 
+
+SEVEN = [[(80, 60), (200, 60), (120, 230)], [(110, 150), (190, 150)]]
+# the page's requests to /api/predict: when each was sent, and the most in flight at once (an aborted one is
+# no longer in flight)
+LOG_REQUESTS = """
+    window.sent = []; window.maxOpen = 0; let open = 0;
+    const fetch0 = window.fetch;
+    window.fetch = function (url, options) {
+        if (!String(url).startsWith('/api/predict')) return fetch0.apply(this, arguments);
+        window.sent.push({t: performance.now(), url: String(url)});
+        window.maxOpen = Math.max(window.maxOpen, ++open);
+        let done = false;
+        const close = () => { if (!done) { done = true; open -= 1; } };
+        options.signal.addEventListener('abort', close);
+        const answer = fetch0.apply(this, arguments);
+        answer.then(close, close);
+        return answer;
+    };"""
+WATCH_DIGIT = """
+    window.digits = [];
+    new MutationObserver(() => window.digits.push(document.getElementById('digit').textContent))
+        .observe(document.getElementById('digit'), {childList: true, characterData: true, subtree: true});"""
+LAYOUT = """
+    const box = (id) => document.getElementById(id).getBoundingClientRect();
+    return {width: innerWidth, height: innerHeight, scroll: document.documentElement.scrollWidth,
+            pad: box('pad').toJSON(), digit: box('digit').toJSON(),
+            rights: [...document.querySelectorAll('#features .layer img')].map(i => i.getBoundingClientRect().right),
+            ink: Array.from(document.getElementById('pad').getContext('2d').getImageData(80, 140, 1, 1).data)};"""
+
+
+@pytest.mark.browser
+def test_in_a_real_browser_answers_are_fresh_few_honest_and_fit_a_phone(server, browser):
+    from selenium.webdriver.support.ui import Select
+
+    start = time.perf_counter()
+    browser.get(server.url)
+    _wait(browser, "document.body.dataset.ready === '1'")
+    visible = "return getComputedStyle(document.getElementById('working')).visibility"
+    # item 16: the pad is encoded at once, not by canvas.toBlob, which Chromium may put off for seconds
+    browser.execute_script("HTMLCanvasElement.prototype.toBlob = function () {};")  # never calls back
+    _draw(browser, ONE)
+    assert _shown(browser)["digit"] == "1" and browser.execute_script(visible) == "hidden"
+
+    # item 18: while the pen moves, one request at a time, at most every 150 ms, without feature maps; on
+    # pen-up one with them
+    browser.execute_script(LOG_REQUESTS)
+    _clear(browser)
+    _draw(browser, [[(40 + 2 * i, 140 + round(60 * math.sin(i / 12))) for i in range(100)]])  # about 1 s
+    sent = browser.execute_script("return window.sent")
+    previews = [r["t"] for r in sent if "features=0" in r["url"]]
+    assert "features=0" not in sent[-1]["url"] and len(previews) == len(sent) - 1 >= 3, sent
+    assert min(b - a for a, b in itertools.pairwise(previews)) >= 140 and browser.execute_script(
+        "return window.maxOpen") == 1
+    assert len(sent) <= (sent[-1]["t"] - sent[0]["t"]) / 150 + 2 and _shown(browser)["maps"] > 0
+
+    # item 15: Clear while the answer is on its way: it is dropped when it comes, and "working" shows meanwhile
+    with Held(server.models["final"]) as held:
+        _clear(browser)
+        _draw(browser, ONE, wait=False)
+        assert held.first.wait(30) and browser.execute_script(visible) == "visible"
+        counts = browser.execute_script("return [document.body.dataset.answers, document.body.dataset.dropped]")
+        browser.find_element("id", "clear").click()
+        browser.execute_script(WATCH_DIGIT)
+        held.release()
+        held.wait_all_left()
+    # the answers came and were dropped (or never arrived, their requests aborted): nothing but "?" was shown
+    _wait(browser, f"Number(document.body.dataset.answers) > {counts[0]} || "
+                   f"Number(document.body.dataset.dropped) > {counts[1]}")
+    assert _shown(browser)["digit"] == "?" and set(browser.execute_script("return window.digits")) <= {"?"}
+    assert browser.execute_script(visible) == "hidden" and _shown(browser)["status"].startswith("Draw a digit")
+    _draw(browser, ZERO)
+    assert _shown(browser)["digit"] == "0"
+
+    # item 19: what is unlike one digit is said so, and nothing of an earlier answer stays beside it
+    _clear(browser)
+    _draw(browser, SEVEN)
+    assert _shown(browser)["digit"] == "7"
+    for strokes, words in ((PAST_EVERY_EDGE, "every edge"), (None, ""), (DOT, "too small"),
+                           (None, ""), (TWO_DIGITS, "2 separate marks")):
+        if strokes is None:
+            _clear(browser)
+            continue
+        _draw(browser, strokes)  # the first over the 7
+        shown = _shown(browser)
+        assert shown["digit"] == "?" and words in shown["status"] and sum(shown["probs"]) == 0, shown
+
+    # item 20: a phone's width: no sideways scrolling, the maps wrap, the pad scales to the width and the
+    # answer is in view above it while drawing; strokes land where the pen went
+    for width, height in ((390, 844), (320, 568)):
+        browser.execute_cdp_cmd("Emulation.setDeviceMetricsOverride",
+                                {"width": width, "height": height, "deviceScaleFactor": 1, "mobile": True})
+        try:
+            _wait(browser, f"innerWidth === {width}")
+            _clear(browser)
+            _draw(browser, ZERO)
+            layout = browser.execute_script(LAYOUT)
+            assert _shown(browser)["digit"] == "0" and layout["ink"][0] < 128  # ink at (80, 140) of the pad
+            assert layout["scroll"] <= width and layout["rights"] and max(layout["rights"]) <= width, layout
+            assert width - 40 <= layout["pad"]["width"] <= width and layout["pad"]["bottom"] <= height, layout
+            assert layout["digit"]["top"] >= 0 and layout["digit"]["bottom"] <= layout["pad"]["top"], layout
+        finally:
+            browser.execute_cdp_cmd("Emulation.clearDeviceMetricsOverride", {})
+
+    # item 21: what RF, the layers' names and the roles mean
+    rf = browser.execute_script("return document.querySelector('#model-info abbr').title")
+    assert "conv5, RF 20" in rf and "gap (avg-pool 5)" in rf and "all 28x28 pixels" in rf
+    legend = browser.execute_script("return document.querySelector('.legend').textContent")
+    assert all(server.models[k].info["about"] in legend for k in serve.SHIPPED) and "trans1" in legend
+    Select(browser.find_element("id", "model")).select_by_value("Model_6")
+    _clear(browser)
+    _draw(browser, ONE)
+    rows = browser.execute_script("return [...document.querySelectorAll('#features .layer .name')].map(d => "
+                                  "[d.textContent, d.title])")
+    trans = next(r for r in rows if r[0].startswith("trans1"))
+    assert "conv 1x1 16->8" in trans[0] and "receptive field 6" in trans[1]
+    print(f"browser test: {time.perf_counter() - start:.1f} s")
