@@ -738,6 +738,8 @@ def test_the_bad_input_table_names_only_tests_that_exist():
                 for name in re.findall(r"^def (test_\w+)", path.read_text(), re.MULTILINE)}
     assert named and named <= anywhere, named - anywhere
     assert defined - named <= {"test_the_bad_input_table_names_only_tests_that_exist"}, defined - named
+    for file, name in re.findall(r"`tests/(test_\w+\.py)::(test_\w+)`", table):  # tests in other files
+        assert re.search(rf"^def {name}\(", (ROOT / "tests" / file).read_text(), re.MULTILINE), f"{file}::{name}"
 
 
 def test_download_onto_a_pipe_is_one_line(tmp_path):

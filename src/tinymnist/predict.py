@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import warnings
 from pathlib import Path
+from typing import BinaryIO
 
 import torch
 import torch.nn.functional as F
@@ -23,6 +24,10 @@ class ImageError(TinyMnistError):
     pass
 
 
+class ImageTooLarge(ImageError):
+    """More pixels than accepted, known from the header alone."""
+
+
 def _to_tensor(img: Image.Image) -> torch.Tensor:
     return torch.frombuffer(bytearray(img.tobytes()), dtype=torch.uint8).view(img.height, img.width).float()
 
@@ -35,14 +40,22 @@ def load_grey(path: Path) -> Image.Image:
     """Reads a PNG or JPEG file as a grey image; anything else, or anything damaged or huge, is an ImageError."""
     if not path.is_file():
         raise ImageError(f"{path} {describe_missing(path)}")
+    return open_grey(path, str(path))
+
+
+def open_grey(source: Path | BinaryIO, name: str, max_pixels: int = MAX_PIXELS,
+              formats: tuple[str, ...] = FORMATS) -> Image.Image:
+    """Decodes an image (a file or its bytes as a stream) as a grey image: one of `formats`, of at most
+    `max_pixels` pixels (decided from the header, before any pixel is decoded); whatever is damaged, huge or
+    of another format is an ImageError that names the image as `name`."""
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # the size is checked below
-            img = Image.open(path, formats=FORMATS)
+            img = Image.open(source, formats=formats)
         with img:
-            if img.width * img.height > MAX_PIXELS:  # decided from the header, before any pixel is decoded
-                raise ImageError(f"{path} is {img.width}x{img.height} pixels, more than the {MAX_PIXELS:,} accepted; "
-                                 "crop or shrink it")
+            if img.width * img.height > max_pixels:
+                raise ImageTooLarge(f"{name} is {img.width}x{img.height} pixels, more than the {max_pixels:,} "
+                                    "accepted; crop or shrink it")
             img.load()
             img = ImageOps.exif_transpose(img)
             if img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info):
@@ -50,15 +63,15 @@ def load_grey(path: Path) -> Image.Image:
                 img = Image.alpha_composite(paper, img.convert("RGBA"))
             return img.convert("L")
     except Image.DecompressionBombError:  # Pillow's own limit, far above ours, refused in Image.open
-        raise ImageError(f"{path} has more than {MAX_PIXELS:,} pixels; crop or shrink it") from None
+        raise ImageTooLarge(f"{name} has more than {max_pixels:,} pixels; crop or shrink it") from None
     except UnidentifiedImageError:
-        raise ImageError(f"{path} is not a readable image (not a PNG or JPEG file)") from None
+        raise ImageError(f"{name} is not a readable image (not a {' or '.join(formats)} file)") from None
     except ImageError:
         raise
     except MemoryError:
         raise
     except Exception as e:  # noqa: BLE001  (decoders raise many kinds of errors on damaged files: SyntaxError...)
-        raise ImageError(f"{path} is not a readable image ({_first_line(e)})") from None
+        raise ImageError(f"{name} is not a readable image ({_first_line(e)})") from None
 
 
 def _first_line(e: Exception) -> str:
@@ -66,8 +79,9 @@ def _first_line(e: Exception) -> str:
     return lines[0] if lines else type(e).__name__
 
 
-def to_mnist(img: Image.Image) -> torch.Tensor:
-    """A grey PIL image -> (28, 28) uint8 tensor in MNIST's format."""
+def ink(img: Image.Image) -> torch.Tensor:
+    """A grey PIL image -> (H, W) float tensor of its ink, bright (peak 255) on zero paper, whichever way round
+    its ink and paper were; an ImageError if there is none."""
     x = _to_tensor(img)
     border = torch.cat([x[0], x[-1], x[:, 0], x[:, -1]])
     if border.median() > 127:  # light paper: make the ink the bright part, as in MNIST
@@ -76,7 +90,16 @@ def to_mnist(img: Image.Image) -> torch.Tensor:
     peak = x.max()
     if peak < 16:
         raise ImageError("no digit found (the image is blank)")
-    x = x * (255 / peak)
+    return x * (255 / peak)
+
+
+def to_mnist(img: Image.Image) -> torch.Tensor:
+    """A grey PIL image -> (28, 28) uint8 tensor in MNIST's format."""
+    return fit_mnist(ink(img))
+
+
+def fit_mnist(x: torch.Tensor) -> torch.Tensor:
+    """An image's `ink` -> (28, 28) uint8 tensor: the ink fitted to a 20x20 box, centred by mass in 28x28."""
     ys, xs = torch.nonzero(x > 0.2 * 255, as_tuple=True)  # the ink's bounding box
     top, bottom, left, right = ys.min().item(), ys.max().item() + 1, xs.min().item(), xs.max().item() + 1
     crop = x[top:bottom, left:right]
