@@ -11,6 +11,7 @@ import os
 import signal
 import sys
 import threading
+import traceback
 from pathlib import Path
 
 import torch
@@ -20,8 +21,8 @@ from .data import load_mnist
 from .engine import evaluate, pick_device
 from .errors import TinyMnistError, interrupted, on_sigterm
 from .files import check_target, check_writable
-from .model import REGISTRY, Entry, count_params, create_model, get_entry, resolve, resolve_name
-from .recipes import RECIPES, Recipe, apply_settings, format_recipe, get_recipe, load_recipe_file
+from .model import REGISTRY, Entry, create_model, get_entry, resolve, resolve_name
+from .recipes import MAX_INT, RECIPES, Recipe, apply_settings, format_recipe, get_recipe, load_recipe_file
 from .records import (
     RESULTS_DIR,
     git_commit,
@@ -45,7 +46,6 @@ class Parser(argparse.ArgumentParser):
         raise UsageError(f"{self.prog}: {message}")
 
 
-MAX_INT = 2**31 - 1  # counts (epochs, images, batches) beyond this are typing mistakes, and overflow int32
 MAX_SEED = 2**32 - 1  # the seeds every random number generator accepts
 MAX_SEEDS = 1000  # runs in one command
 MAX_FLOAT = float(torch.finfo(torch.float32).max)  # the training tensors are float32
@@ -128,7 +128,7 @@ def cmd_models(args) -> None:
 
 
 def cmd_summary(args) -> None:
-    entry = _entry(args.model, args)
+    entry = _entry(args.model, args, check=False)  # built once, below: a big network costs its memory once
     info = summary_dict(entry.name, entry.build())
     print(json.dumps(info, indent=1) if args.json else format_summary(info))
 
@@ -198,9 +198,10 @@ def _model_args(pairs: list[str] | None) -> dict[str, str]:
     return args
 
 
-def _entry(ref: str, args) -> Entry:
-    """The model a command names (registered, or the user's `file.py:NAME`), with its --model-arg values."""
-    return resolve(ref, _model_args(getattr(args, "model_arg", None)))
+def _entry(ref: str, args, max_params: int | None = None, check: bool = True) -> Entry:
+    """The model a command names (registered, or the user's `file.py:NAME`), with its --model-arg values;
+    a user's network over `max_params` is refused before it is built (see `resolve`)."""
+    return resolve(ref, _model_args(getattr(args, "model_arg", None)), max_params=max_params, check=check)
 
 
 def _recipe(entry: Entry, args) -> tuple[Recipe, str]:
@@ -223,14 +224,14 @@ def cmd_train(args) -> None:
     from .run import Budget, train_seed, verdict
 
     git_commit()  # now, before anything can change the checkout under a long run
-    entry = _entry(args.model, args)
+    entry = _entry(args.model, args, args.max_params)
     recipe, recipe_name = _recipe(entry, args)
     budget = Budget(args.max_params, args.max_epochs, hold=entry.hold)
     device = pick_device(args.device)
     runtime = _runtime(args, device)
     if runtime.threads:
         torch.set_num_threads(runtime.threads)
-    budget.check(entry.name, count_params(entry.build(recipe)), recipe.epochs)  # before any data is read
+    budget.check(entry.name, entry.params(recipe), recipe.epochs)  # before any data is read
     # smoke runs and validation runs never overwrite the records of full runs
     out = Path(args.out) if args.out else Path("results-smoke") if args.limit else RESULTS_DIR / "val" if args.val \
         else RESULTS_DIR
@@ -275,7 +276,8 @@ def cmd_sweep(args) -> None:
     import_ray()  # before any work: without Ray, one line saying how to install it
     grid = parse_grid(args.set)
     args.set = [f"{k}={vs[0]}" for k, vs in grid if len(vs) == 1]  # single values: part of every run's recipe
-    models = [(entry, _recipe(entry, args)[0]) for entry in (_entry(ref, args) for ref in args.models)]
+    models = [(entry, _recipe(entry, args)[0]) for entry in (_entry(ref, args, args.max_params)
+                                                             for ref in args.models)]
     runs: list[Run] = plan(models, args.seeds or [1], [(k, vs) for k, vs in grid if len(vs) > 1])
     workers, threads = _scale_options(args, 1)
     device = pick_device("cpu")
@@ -302,7 +304,7 @@ def cmd_search(args) -> None:
     import_optuna()
     space = load_space(args.space)
     check_recipe_fields(space)
-    entry = _entry(args.model, args)
+    entry = _entry(args.model, args, args.max_params)
     args.epochs = args.lr = args.batch_size = None
     base, _ = _recipe(entry, args)
     out = Path(args.out) if args.out else RESULTS_DIR / "search" / f"{entry.slug}.toml"
@@ -755,6 +757,8 @@ def main(argv: list[str] | None = None) -> int:
         args = build_parser().parse_args(argv)
         args.func(args)
     except TinyMnistError as e:  # bad input; anything else is a bug and keeps its traceback
+        if os.environ.get("TINYMNIST_DEBUG"):  # e.g. the traceback of the user's network that failed
+            traceback.print_exception(e)
         print(f"tinymnist: error: {e}" if not str(e).startswith("tinymnist") else f"{e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt as e:

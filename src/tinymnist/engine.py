@@ -22,7 +22,7 @@ from torch import nn
 from .augment import augment_batch
 from .data import MNIST, standardise, to_unit
 from .errors import TinyMnistError
-from .model import log_probs
+from .model import forward, log_probs
 from .recipes import Augment, Recipe, lr_at
 from .runtime import Runtime, apply, optimizer_parameters, weight_average
 
@@ -174,7 +174,7 @@ def train_one_epoch(
             for group in optimizer.param_groups:
                 group["lr"] = lr_at_step(step / steps)
         x, y = prepare(images[idx], recipe.augment, runtime), labels[idx]
-        out = model(x)
+        out = forward(model, x, check=step == 0)  # a user's network's failure is one line naming its file and line
         teacher_out = None
         if isinstance(teacher, torch.Tensor):
             teacher_out = teacher[idx]

@@ -14,7 +14,9 @@ import hashlib
 import importlib
 import importlib.util
 import inspect
+import os
 import sys
+import traceback
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,6 +39,19 @@ class UnknownModelError(TinyMnistError):
 
 class ModelCodeError(TinyMnistError):
     """The user's network cannot be found, built or run as a digit classifier."""
+
+
+class UserNetworkError(ModelCodeError):
+    """The user's network failed while it ran (raised, or returned something else than class scores)."""
+
+
+class BudgetError(TinyMnistError):
+    pass
+
+
+def check_param_budget(name: str, params: int, max_params: int | None) -> None:
+    if max_params is not None and params > max_params:
+        raise BudgetError(f"{name} has {params:,} parameters, over the budget of {max_params:,} (--max-params)")
 
 
 @dataclass(frozen=True)
@@ -66,13 +81,31 @@ class Entry:
         return next((role for role, name in ROLES.items() if name == self.name), None)
 
     def build(self, recipe: Recipe | None = None) -> nn.Module:
-        """The network, with the recipe's dropout where the network has dropout layers."""
-        recipe = recipe or self.recipe
+        """The network, with the recipe's dropout where the network has dropout layers; a user's network
+        checked (`check_network`)."""
+        net = self._make(recipe or self.recipe)
+        return net if self.source is None else check_network(net, self.name, _source_file(self.net))
+
+    def params(self, recipe: Recipe | None = None) -> int:
+        """The network's trainable parameters, counted on the meta device, where building it allocates no
+        memory (a user's network that cannot be built there is built for real)."""
+        try:
+            with torch.device("meta"):
+                return count_params(self._make(recipe or self.recipe))
+        except Exception:  # the user's code may need real tensors to build: build it for real
+            if self.source is None:
+                raise
+        return count_params(self.build(recipe))
+
+    def _make(self, recipe: Recipe) -> nn.Module:
         if self.source is not None:
             if recipe.dropout:
                 raise RecipeError(f"dropout is a recipe field of the registered networks; give {self.name} its "
                                   "dropout as a --model-arg")
-            return _build_user(self.name, self.net, self.args)
+            try:
+                return self.net(**self.args)
+            except Exception as e:
+                raise ModelCodeError(f"{self.name}: building it raised {said(e, _source_file(self.net))}") from e
         if "dropout" in inspect.signature(self.net).parameters:
             return self.net(**self.args, dropout=recipe.dropout)
         if recipe.dropout:
@@ -192,7 +225,73 @@ class ScoresAsLogProbs(nn.Module):
         self.net = net
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.log_softmax(self.net(x), dim=1)
+        scores = self.net(x)
+        if not isinstance(scores, torch.Tensor) or scores.dtype != x.dtype:  # log_softmax fails on integers
+            raise UserNetworkError(_output_problem(self, scores, x))
+        return torch.log_softmax(scores, dim=1)
+
+
+# --- where the user's network runs: its failures are the user's, in one line ------------------------------
+
+USER = "_tinymnist_user"  # the attribute, set by `check_network`, that marks a user's network for `forward`
+
+
+@dataclass(frozen=True)
+class UserCode:
+    name: str  # the network as the user named it (file.py:NAME)
+    file: str | None  # the file that defines it: its frames in a traceback say where the network failed
+
+
+def _source_file(obj) -> str | None:
+    """The file that defines a user's network (a function, or a class's forward); None for torch's own."""
+    code = getattr(obj if inspect.isfunction(obj) else getattr(obj, "forward", None), "__code__", None)
+    if code is None:
+        return None
+    file = os.path.realpath(code.co_filename)
+    return None if file.startswith(os.path.dirname(os.path.realpath(torch.__file__))) else file
+
+
+def said(e: BaseException, file: str | None) -> str:
+    """An exception from the user's code in one line: its type, its message's first line and the last line
+    of `file` in its traceback."""
+    text = str(e).strip().splitlines()
+    message = f"{type(e).__name__}: {text[0][:300]}" if text else type(e).__name__
+    frames = [f for f in traceback.extract_tb(e.__traceback__) if file and os.path.realpath(f.filename) == file]
+    where = f" ({frames[-1].filename}, line {frames[-1].lineno})" if frames else ""
+    return f"{message}{where}; TINYMNIST_DEBUG=1 prints its traceback"
+
+
+def _described(out, x: torch.Tensor) -> str:
+    if not isinstance(out, torch.Tensor):
+        return f"a {type(out).__name__}"
+    kind = "" if out.dtype == x.dtype else f"{str(out.dtype).removeprefix('torch.')} "
+    return f"{kind}{tuple(out.shape)}"
+
+
+def _output_problem(model: nn.Module, out, x: torch.Tensor) -> str:
+    user = model.__dict__.get(USER) or UserCode("the network", None)
+    mode = "in training" if model.training else "in evaluation"
+    return (f"your network {user.name} returned {_described(out, x)} {mode}; expected "
+            f"{str(x.dtype).removeprefix('torch.')} ({len(x)}, 10) class scores or log-probabilities")
+
+
+def forward(model: nn.Module, x: torch.Tensor, check: bool = False) -> torch.Tensor:
+    """`model(x)`. A user's network (marked by `check_network`) that raises fails with one line naming the
+    file and line; with `check` (the first batch of each mode is enough), what it returns must be (B, 10) of
+    the input's dtype."""
+    user = model.__dict__.get(USER)
+    if user is None:
+        return model(x)
+    try:
+        out = model(x)
+    except TinyMnistError:
+        raise
+    except Exception as e:  # whatever the user's code raises is reported as theirs
+        mode = "in training" if model.training else "in evaluation"
+        raise UserNetworkError(f"your network {user.name} failed {mode}: {said(e, user.file)}") from e
+    if check and not (isinstance(out, torch.Tensor) and out.dtype == x.dtype and tuple(out.shape) == (len(x), 10)):
+        raise UserNetworkError(_output_problem(model, out, x))
+    return out
 
 
 def _load_code(where: str) -> tuple[Any, str]:
@@ -208,8 +307,8 @@ def _load_code(where: str) -> tuple[Any, str]:
         sys.path.insert(0, str(path.resolve().parent))  # its own imports of files beside it
         try:
             spec.loader.exec_module(module)
-        except Exception as e:  # noqa: BLE001  whatever the user's file raises, it is reported as theirs
-            raise ModelCodeError(f"{where}: importing it raised {type(e).__name__}: {e}") from None
+        except Exception as e:  # whatever the user's file raises, it is reported as theirs
+            raise ModelCodeError(f"{where}: importing it raised {said(e, os.path.realpath(path))}") from e
         finally:
             sys.path.remove(str(path.resolve().parent))
         return module, digest
@@ -262,43 +361,40 @@ def typed_args(factory: Callable, given: dict[str, str], name: str) -> dict[str,
     return args
 
 
-def _build_user(name: str, factory: Callable, args: dict[str, Any]) -> nn.Module:
-    """Builds a user's network and checks it (`check_network`)."""
-    try:
-        net = factory(**args)
-    except Exception as e:  # noqa: BLE001
-        raise ModelCodeError(f"{name}: building it raised {type(e).__name__}: {e}") from None
-    return check_network(net, name)
-
-
-def check_network(net: nn.Module, name: str = "the network") -> nn.Module:
-    """A digit classifier ready for the engine: `net` checked to take (B, 1, 28, 28) and return (B, 10), and
-    followed by log-softmax when what it returns are class scores rather than log-probabilities."""
+def check_network(net: nn.Module, name: str = "the network", file: str | None = None) -> nn.Module:
+    """A digit classifier ready for the engine: `net` checked to take (B, 1, 28, 28) and return (B, 10)
+    float32, followed by log-softmax when what it returns are class scores rather than log-probabilities, and
+    marked as the user's (`forward`: its failures name `file`, by default the one defining its forward)."""
     if not isinstance(net, nn.Module):
         raise ModelCodeError(f"{name} returned a {type(net).__name__}, not an nn.Module")
     if count_params(net) == 0:
         raise ModelCodeError(f"{name} has no trainable parameters")
+    file = file or _source_file(type(net))
     was_training = net.training
     net.eval()
+    x = torch.randn(2, 1, 28, 28, generator=torch.Generator().manual_seed(0))
     try:
         with torch.no_grad():
-            out = net(torch.randn(2, 1, 28, 28, generator=torch.Generator().manual_seed(0)))
-    except Exception as e:  # noqa: BLE001
-        raise ModelCodeError(f"{name} failed on a (2, 1, 28, 28) batch: {type(e).__name__}: {e}") from None
+            out = net(x)
+    except Exception as e:
+        raise ModelCodeError(f"{name} failed on a (2, 1, 28, 28) batch: {said(e, file)}") from e
     finally:
         net.train(was_training)
-    if not isinstance(out, torch.Tensor) or tuple(out.shape) != (2, 10):
-        got = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
-        raise ModelCodeError(f"{name} returned {got} for a (2, 1, 28, 28) batch; expected (2, 10) class scores "
-                             "or log-probabilities")
+    if not isinstance(out, torch.Tensor) or tuple(out.shape) != (2, 10) or out.dtype != x.dtype:
+        raise ModelCodeError(f"{name} returned {_described(out, x)} for a (2, 1, 28, 28) batch; expected (2, 10) "
+                             "float32 class scores or log-probabilities")
     is_log_probs = bool(torch.allclose(out.exp().sum(1), torch.ones(2), atol=1e-4))
-    return net if is_log_probs else ScoresAsLogProbs(net)
+    checked = net if is_log_probs else ScoresAsLogProbs(net)
+    setattr(checked, USER, UserCode(name, file))
+    return checked
 
 
-def resolve(ref: str, model_args: dict[str, str] | None = None, recipe_name: str | None = None) -> Entry:
+def resolve(ref: str, model_args: dict[str, str] | None = None, recipe_name: str | None = None, *,
+            max_params: int | None = None, check: bool = True) -> Entry:
     """A model reference: a registered name or role, or the user's `file.py:NAME` / `package.module:NAME`,
     where NAME is an nn.Module subclass or a function returning a module; `model_args` go to it, typed from
-    its signature. A user's network is built once here, to check it; its recipe is `recipe_name`, by default
+    its signature. A user's network is counted on the meta device and refused over `max_params` before any of
+    it is allocated; then (with `check`) built once here, to check it. Its recipe is `recipe_name`, by default
     the final model's."""
     if ":" not in ref:
         if model_args:
@@ -319,7 +415,10 @@ def resolve(ref: str, model_args: dict[str, str] | None = None, recipe_name: str
     args = typed_args(factory, dict(model_args or {}), ref)
     entry = Entry(ref, factory, args, recipe_name or get_entry("final").recipe_name, f"a network from {where}",
                   source={"ref": ref, "sha256": digest, "args": args})
-    entry.build()  # fails here, with one line, rather than after the data has loaded
+    if max_params is not None:  # before the real thing, which --model-arg width=3000000 makes 24 GB
+        check_param_budget(ref, entry.params(), max_params)
+    if check:
+        entry.build()  # fails here, with one line, rather than after the data has loaded
     return entry
 
 
@@ -355,4 +454,5 @@ def count_params(model: nn.Module) -> int:
 def log_probs(model: nn.Module, images: torch.Tensor, batch_size: int = 1000) -> torch.Tensor:
     """Log-probabilities (N, 10) for uint8 images (N, 28, 28), in eval mode."""
     model.eval()
-    return torch.cat([model(preprocess(images[i : i + batch_size])) for i in range(0, len(images), batch_size)])
+    return torch.cat([forward(model, preprocess(images[i : i + batch_size]), check=i == 0)
+                      for i in range(0, len(images), batch_size)])

@@ -8,10 +8,14 @@ recipe: see `runtime.py`. The resolved recipe is saved with every record and che
 from __future__ import annotations
 
 import math
+import os
+import stat
 from dataclasses import asdict, dataclass, fields, replace
+from pathlib import Path
 from typing import Any
 
 from .errors import TinyMnistError
+from .files import describe_missing
 
 
 class RecipeError(TinyMnistError):
@@ -23,6 +27,9 @@ SCHEDULES = ("constant", "exp", "step", "onecycle")
 # fields that older records kept in the recipe and that now belong to the runtime configuration
 RUNTIME_FIELDS = ("dropout_impl", "kernels", "channels_last", "eval_batch_size")
 FLOAT32_MAX = 3.4028234663852886e38
+MAX_INT = 2**31 - 1  # counts (epochs, images, batches) beyond this are typing mistakes, and overflow int32
+MAX_TOML_BYTES = 1 << 20  # a recipe or a search space is a few hundred bytes
+MAX_TOML_NESTING = 8  # tables and arrays within each other: a search space's `choices` are 3 deep
 
 
 def _check(ok: bool, message: str) -> None:
@@ -30,18 +37,27 @@ def _check(ok: bool, message: str) -> None:
         raise RecipeError(message)
 
 
+def shown(value, limit: int = 60) -> str:
+    """`repr(value)` cut to `limit` characters, for an error message about a value from a file."""
+    text = repr(value) if not isinstance(value, list | dict | tuple) else f"a {type(value).__name__}"
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
 def _check_types(obj) -> None:
-    """Each field holds its declared type (an int where a float is declared is accepted and kept)."""
+    """Each field holds its declared type (an int where a float is declared is accepted and kept), in range."""
     for f in fields(obj):
         value, kind = getattr(obj, f.name), str(f.type)
         if kind.startswith("Augment") or kind.startswith("str | None"):
             continue
         expected = {"int": int, "float": (int, float), "bool": bool, "str": str}[kind]
         ok = isinstance(value, expected) and (kind == "bool" or not isinstance(value, bool))
-        _check(ok, f"recipe field {f.name} must be {'a number' if kind == 'float' else 'a ' + kind}, not {value!r}")
+        _check(ok, f"recipe field {f.name} must be {'a number' if kind == 'float' else 'a ' + kind}, not "
+               f"{shown(value)}")
         if kind == "float":
-            _check(math.isfinite(value) and abs(value) <= FLOAT32_MAX, f"recipe field {f.name} must be finite, "
-                   f"not {value!r}")
+            _check(abs(value) <= FLOAT32_MAX and math.isfinite(value), f"recipe field {f.name} must be finite, "
+                   f"not {shown(value)}")
+        if kind == "int":  # a 20-digit epochs would train until killed
+            _check(abs(value) <= MAX_INT, f"recipe field {f.name} must be at most {MAX_INT:,}, not {shown(value)}")
 
 
 @dataclass(frozen=True)
@@ -272,18 +288,50 @@ def apply_settings(recipe: Recipe, settings: list[str]) -> Recipe:
     return recipe
 
 
+def read_toml(path: str | os.PathLike, what: str, error: type[TinyMnistError] = RecipeError) -> dict:
+    """A small TOML file from outside (a recipe, a search space) as a dict, or `error` naming `what` and the
+    file: it must be a regular file of at most MAX_TOML_BYTES (no more is read), UTF-8 text, and nest tables
+    and arrays at most MAX_TOML_NESTING deep (tomllib recurses on nesting)."""
+    import tomllib
+
+    path = Path(path)
+    try:
+        if not stat.S_ISREG(os.stat(path).st_mode):  # a FIFO would block the open, a device never end
+            raise error(f"{what} {path} {describe_missing(path)}")
+        with open(path, "rb") as f:
+            data = f.read(MAX_TOML_BYTES + 1)
+    except OSError as e:
+        raise error(f"{what} {path}: {e.strerror}") from None
+    if len(data) > MAX_TOML_BYTES:
+        raise error(f"{what} {path}: larger than {MAX_TOML_BYTES:,} bytes; a {what} is a few lines of TOML")
+    try:
+        parsed = tomllib.loads(data.decode("utf-8"))
+    except UnicodeDecodeError:
+        raise error(f"{what} {path}: not a text file (not UTF-8)") from None
+    except tomllib.TOMLDecodeError as e:
+        raise error(f"{what} {path}: not valid TOML ({e})") from None
+    except RecursionError:
+        parsed = None
+    if parsed is None or _nesting(parsed) > MAX_TOML_NESTING:
+        raise error(f"{what} {path}: tables or arrays nested more than {MAX_TOML_NESTING} deep")
+    return parsed
+
+
+def _nesting(value) -> int:
+    """How deep tables and arrays nest in `value` (without recursion: it may be deep)."""
+    deepest, stack = 0, [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, dict | list):
+            deepest = max(deepest, depth)
+            stack.extend((child, depth + 1) for child in (item.values() if isinstance(item, dict) else item))
+    return deepest
+
+
 def load_recipe_file(path: str) -> Recipe:
     """A recipe from a TOML file: its fields at the top level (the defaults for the rest), the augmentation
     as an `[augment]` table (its own defaults for fields not given) or `augment = false`."""
-    import tomllib
-
-    try:
-        with open(path, "rb") as f:
-            data = tomllib.load(f)
-    except OSError as e:
-        raise RecipeError(f"recipe file {path}: {e.strerror}") from None
-    except tomllib.TOMLDecodeError as e:
-        raise RecipeError(f"recipe file {path}: not valid TOML ({e})") from None
+    data = read_toml(path, "recipe file")
     if data.get("augment") is False:
         data["augment"] = None
     try:

@@ -20,6 +20,7 @@ import re
 import stat
 import subprocess
 import warnings
+import zipfile
 from pathlib import Path
 
 import torch
@@ -31,6 +32,7 @@ from .model import REGISTRY, ROLES, Entry, UnknownModelError, get_entry
 from .recipes import RUNTIME_FIELDS, Recipe
 
 RESULTS_DIR = Path("results")
+MAX_NESTING = 16  # containers within containers in a checkpoint or state: a state dict's are 5 deep
 
 
 class CheckpointError(TinyMnistError):
@@ -158,14 +160,60 @@ def _reason(e: Exception) -> str:
 
 
 def _torch_load(path: Path, what: str, device="cpu"):
+    """What a checkpoint or state file holds, read weights-only, after its archive's declared sizes are
+    checked (`_check_archive`), and checked to nest at most MAX_NESTING containers deep."""
+    _check_archive(path, what)
     try:
         with warnings.catch_warnings():  # e.g. about pickle protocols: the user can do nothing about it
             warnings.simplefilter("ignore")
-            return torch.load(path, map_location=device, weights_only=True)
+            obj = torch.load(path, map_location=device, weights_only=True)
     except pickle.UnpicklingError as e:
         raise CheckpointError(f"{path}: refused, not a plain weights {what} ({_reason(e)})") from None
     except Exception as e:  # noqa: BLE001  torch.load raises many kinds of errors on garbage: all mean "not one"
         raise CheckpointError(f"{path}: not a readable {what} ({_reason(e)})") from None
+    _check_nesting(obj, path, what)
+    return obj
+
+
+def _check_archive(path: Path, what: str) -> None:
+    """torch.save writes a zip archive of uncompressed entries, and torch.load allocates the size an entry
+    declares before reading it: an archive whose entries declare more bytes than the file holds (a 2 MB file
+    can declare gigabytes) is refused unread, as is a file that is no zip archive (the format before PyTorch
+    1.6, which tinymnist never wrote)."""
+    if not path.is_file():
+        raise CheckpointError(f"{what} {path} {describe_missing(path)}")
+    try:
+        size = path.stat().st_size
+        with zipfile.ZipFile(path) as archive:
+            declared = sum(entry.file_size for entry in archive.infolist())
+    except Exception as e:  # noqa: BLE001  zipfile's errors on a crafted file are many: all mean "not one"
+        raise CheckpointError(f"{path}: not a readable {what} (not a zip archive as torch.save writes: "
+                              f"{getattr(e, 'strerror', None) or e or type(e).__name__})") from None
+    if declared > size:
+        raise CheckpointError(f"{path}: not a readable {what} (its entries declare {declared:,} bytes, more than "
+                              f"the {size:,} of the file)")
+
+
+def _check_nesting(obj, path: Path, what: str) -> None:
+    """Refuses containers nested more than MAX_NESTING deep (printing or comparing them would recurse)."""
+    stack = [(obj, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, dict):
+            children = [*item.keys(), *item.values()]
+        elif isinstance(item, list | tuple | set | frozenset):
+            children = item
+        else:
+            continue
+        if depth > MAX_NESTING:
+            raise CheckpointError(f"{path}: not a tinymnist {what} (it nests containers more than {MAX_NESTING} "
+                                  "deep)")
+        stack.extend((child, depth + 1) for child in children)
+
+
+def _dense(t: torch.Tensor) -> bool:
+    """A tensor with values, stored element by element: not a sparse, meta or quantized one."""
+    return t.layout == torch.strided and not t.is_meta and not t.is_quantized
 
 
 def load_weights(model: nn.Module, weights, what: str, name: str) -> None:
@@ -184,12 +232,17 @@ def load_weights(model: nn.Module, weights, what: str, name: str) -> None:
             continue
         if not isinstance(got, torch.Tensor):
             problems.append(f"{k} is a {type(got).__name__}, not a tensor")
+        elif not _dense(got):
+            kind = "meta" if got.is_meta else "quantized" if got.is_quantized else str(got.layout).split(".")[-1]
+            problems.append(f"{k} is a {kind} tensor, not a dense tensor of values")
         elif got.shape != want.shape:
             problems.append(f"{k} is {tuple(got.shape)}, expected {tuple(want.shape)}")
         elif got.is_floating_point() != want.is_floating_point() or got.is_complex():
             problems.append(f"{k} is {got.dtype}, expected {want.dtype}")
         elif got.is_floating_point() and not torch.isfinite(got).all():
             problems.append(f"{k} has NaN or infinite values")
+        elif k.endswith("running_var") and (got < 0).any():  # a BatchNorm variance: NaN outputs from the square root
+            problems.append(f"{k} has negative values (a variance)")
     if problems:
         more = f" and {len(problems) - 3} more" if len(problems) > 3 else ""
         raise CheckpointError(f"{what} do not fit {name}: {'; '.join(problems[:3])}{more}")
@@ -284,7 +337,8 @@ def _check_state(path: Path, state: dict, entry: Entry, recipe: Recipe) -> None:
     ):
         raise CheckpointError(f"{path}: its history is not a list of the first epochs of {recipe.epochs}")
     rng = state.get("rng")
-    if not isinstance(rng, torch.Tensor) or rng.dtype != torch.uint8 or rng.shape != torch.get_rng_state().shape:
+    if not isinstance(rng, torch.Tensor) or not _dense(rng) or rng.dtype != torch.uint8 or (
+            rng.shape != torch.get_rng_state().shape):
         raise CheckpointError(f"{path}: its random number generator state is not a valid one")
     model = apply(entry.build(recipe), recipe, Runtime())
     load_weights(model, state.get("model"), f"{path}: its model weights", model_name)
@@ -306,7 +360,7 @@ def _check_state(path: Path, state: dict, entry: Entry, recipe: Recipe) -> None:
     for group in optimizer.param_groups:
         for p in group["params"]:
             for v in optimizer.state.get(p, {}).values():
-                if not isinstance(v, torch.Tensor) or (v.dim() > 0 and v.shape != p.shape) or (
+                if not isinstance(v, torch.Tensor) or not _dense(v) or (v.dim() > 0 and v.shape != p.shape) or (
                     v.is_floating_point() and not torch.isfinite(v).all()
                 ):
                     raise CheckpointError(f"{path}: its optimizer state does not fit {model_name}")

@@ -17,7 +17,7 @@ from torch import nn
 from .data import MNIST
 from .engine import Diverged, fit, set_seed
 from .errors import TinyMnistError
-from .model import TARGET, Entry, count_params
+from .model import TARGET, BudgetError, Entry, check_param_budget, count_params
 from .recipes import Recipe
 from .records import (
     check_finished,
@@ -31,10 +31,6 @@ from .records import (
     write_json,
 )
 from .runtime import Runtime
-
-
-class BudgetError(TinyMnistError):
-    pass
 
 
 class RunError(TinyMnistError):
@@ -53,9 +49,7 @@ class Budget:
 
     def check(self, name: str, params: int, epochs: int) -> None:
         """Refuses a run over budget before it trains."""
-        if self.max_params is not None and params > self.max_params:
-            raise BudgetError(f"{name} has {params:,} parameters, over the budget of {self.max_params:,} "
-                              "(--max-params)")
+        check_param_budget(name, params, self.max_params)
         if self.max_epochs is not None and epochs > self.max_epochs:
             raise BudgetError(f"the recipe trains {epochs} epochs, over the budget of {self.max_epochs} (--max-epochs)")
 
@@ -158,11 +152,11 @@ def train_seed(entry: Entry, recipe: Recipe, runtime: Runtime, data: MNIST, seed
         done = check_finished(path, entry.name, recipe, run)
         log(f"{entry.name} seed {seed}: already complete ({path}), skipped")
         return done
+    budget.check(entry.name, entry.params(recipe), recipe.epochs)  # counted on the meta device: nothing allocated
     set_seed(seed)
     device = data.train_images.device
     model = entry.build(recipe).to(device)
     params = count_params(model)
-    budget.check(entry.name, params, recipe.epochs)
     check_batches(model, recipe, len(data.train_labels))
     log(f"{entry.name}: {params:,} params, seed {seed}, device {device}, {len(data.train_labels):,} train / "
         f"{'no' if data.test_labels is None else f'{len(data.test_labels):,}'} test images, {recipe.epochs} epochs")

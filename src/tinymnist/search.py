@@ -11,8 +11,8 @@ continues an interrupted search, and a shared database lets several machines wor
 from __future__ import annotations
 
 import json
+import math
 import time
-import tomllib
 import warnings
 from collections.abc import Callable
 from dataclasses import fields, replace
@@ -21,7 +21,7 @@ from pathlib import Path
 from .errors import TinyMnistError
 from .files import atomic_write_bytes
 from .model import Entry, count_params
-from .recipes import MILD, Augment, Recipe, RecipeError, recipe_to_toml
+from .recipes import FLOAT32_MAX, MAX_INT, MILD, Augment, Recipe, RecipeError, read_toml, recipe_to_toml, shown
 from .records import write_json
 from .run import Budget
 from .runtime import Runtime
@@ -54,29 +54,53 @@ def space_fields() -> dict[str, str]:
 
 
 def load_space(path: str | Path | None = None) -> dict[str, dict]:
-    """A search space file (the default `space.toml` when None), checked: an unknown field lists the valid ones."""
+    """A search space file (the default `space.toml` when None), checked: an unknown field lists the valid ones,
+    and each field is a range or a list of choices that Optuna can draw from (`space_problem`)."""
     path = Path(path) if path else SPACE_FILE
-    try:
-        space = tomllib.loads(path.read_text())
-    except OSError as e:
-        raise SearchError(f"space file {path}: {e.strerror}") from None
-    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
-        raise SearchError(f"space file {path}: not valid TOML ({e})") from None
+    space = read_toml(path, "space file", SearchError)
     valid = space_fields()
     for name, spec in space.items():
         if name not in valid:
-            raise SearchError(f"space file {path}: unknown field {name!r}; valid: {', '.join(valid)}")
-        ok = isinstance(spec, dict) and (
-            (set(spec) == {"choices"} and isinstance(spec["choices"], list) and spec["choices"])
-            or ({"low", "high"} <= set(spec) <= {"low", "high", "log"} and all(
-                isinstance(spec[k], int | float) and not isinstance(spec[k], bool) for k in ("low", "high"))
-                and spec["low"] <= spec["high"]))
-        if not ok:
-            raise SearchError(f"space file {path}: {name} needs `low` <= `high` (and `log = true` or not) or a "
-                              "non-empty list `choices`")
+            raise SearchError(f"space file {path}: unknown field {shown(name)}; valid: {', '.join(valid)}")
+        if problem := space_problem(spec, valid[name]):
+            raise SearchError(f"space file {path}: {name} {problem}")
     if not space:
         raise SearchError(f"space file {path} declares no field; valid: {', '.join(valid)}")
     return space
+
+
+def _number(value, kind: str) -> bool:
+    """A finite number of the field's kind (a whole number for an int field) within float32's range."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return False
+    if kind == "int":
+        return isinstance(value, int) and abs(value) <= MAX_INT
+    return abs(value) <= FLOAT32_MAX and math.isfinite(value)  # in this order: a huge int is no float
+
+
+def space_problem(spec, kind: str) -> str | None:
+    """What is wrong with one field of a search space (None: nothing): `low` <= `high`, finite numbers of the
+    field's kind, `log` a boolean and then `low` > 0; or a non-empty list of such numbers, `choices`."""
+    what = f"a whole number up to {MAX_INT:,}" if kind == "int" else "a finite number"
+    if not isinstance(spec, dict):
+        return f"is {shown(spec)}; it needs a table: `low` <= `high` (and `log = true` or not), or `choices`"
+    if set(spec) == {"choices"}:
+        choices = spec["choices"]
+        if not isinstance(choices, list) or not choices or not all(_number(c, kind) for c in choices):
+            return f"needs `choices`, a non-empty list of which each is {what}"
+        return None
+    if not {"low", "high"} <= set(spec) <= {"low", "high", "log"}:
+        return (f"needs `low` <= `high` (and `log = true` or not) or a non-empty list `choices`, not the keys "
+                f"{', '.join(map(shown, spec))}")
+    if not (_number(spec["low"], kind) and _number(spec["high"], kind)):
+        return f"needs `low` and `high` that are each {what}"
+    if spec["low"] > spec["high"]:
+        return f"needs `low` <= `high`, not {spec['low']} > {spec['high']}"
+    if not isinstance(spec.get("log", False), bool):
+        return "needs `log = true` or `log = false`"
+    if spec.get("log") and spec["low"] <= 0:
+        return f"is drawn on a log scale (`log = true`), which needs `low` > 0, not {spec['low']}"
+    return None
 
 
 def suggest(trial, space: dict[str, dict]) -> dict:
@@ -234,10 +258,13 @@ def write_best(result: dict, out: Path) -> Path:
 
 
 def check_recipe_fields(space: dict) -> None:
-    try:
-        trial_recipe(Recipe(), {k: (v["choices"][0] if "choices" in v else v["low"]) for k, v in space.items()})
-    except RecipeError as e:
-        raise SearchError(f"search space: {e}") from None
+    """Each value a space can give a field (its choices, the ends of its range) makes a valid recipe."""
+    for name, spec in space.items():
+        for value in spec["choices"] if "choices" in spec else (spec["low"], spec["high"]):
+            try:
+                trial_recipe(Recipe(), {name: value})
+            except RecipeError as e:
+                raise SearchError(f"search space: {name} = {shown(value)}: {e}") from None
 
 
 def main_line(result: dict, out: Path) -> str:
