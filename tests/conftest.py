@@ -1,7 +1,12 @@
+import contextlib
 import gzip
+import io
 import os
+import random
 import subprocess
 import sys
+import tempfile
+import warnings
 from pathlib import Path
 
 import pytest
@@ -63,9 +68,91 @@ def fake_data(n=96):
 
 
 def run_cli(*args: str, cwd: Path | None = None, env: dict | None = None) -> subprocess.CompletedProcess:
-    """`python -m tinymnist ARGS` in a subprocess, as a user would run it."""
+    """`python -m tinymnist ARGS` in a subprocess, as a user would run it: for tests whose point is the process
+    (signals, memory limits, what it imports, the entry point itself). Anything else uses `cli`, seconds faster."""
     full_env = {**os.environ, **(env or {})}
     return subprocess.run(
         [sys.executable, "-m", "tinymnist", *args], capture_output=True, text=True, cwd=cwd or ROOT, env=full_env,
         timeout=600,
     )
+
+
+MAIN = str(ROOT / "src" / "tinymnist" / "__main__.py")  # sys.argv[0] of `python -m tinymnist`
+IGNORED = (DeprecationWarning, PendingDeprecationWarning, ImportWarning, ResourceWarning)  # hidden by Python
+
+
+def cli(*args, cwd: Path | None = None, env: dict | None = None) -> subprocess.CompletedProcess:
+    """`tinymnist ARGS` in this process (no second import of torch): `cli.main`'s exit status and what it wrote,
+    as `run_cli` returns them. Run as the subprocess would be: from `cwd` (the project's root by default), with
+    `env` added, sys.argv set, Python's warnings shown as a fresh process shows them, and what C code writes to
+    the file descriptors included. The process's state is restored afterwards (locks, threads, random numbers,
+    current directory, environment)."""
+    from tinymnist import records
+    from tinymnist.cli import main
+
+    argv = [str(a) for a in args]
+    saved_env, saved_argv, saved_cwd, threads = dict(os.environ), sys.argv, os.getcwd(), torch.get_num_threads()
+    out, err = io.StringIO(), io.StringIO()
+    try:
+        os.environ.update(env or {})
+        os.chdir(cwd or ROOT)
+        sys.argv = [MAIN, *argv]
+        with torch.random.fork_rng(devices=[]), _fd_captured(1) as fd_out, _fd_captured(2) as fd_err, \
+                contextlib.redirect_stdout(out), contextlib.redirect_stderr(err), \
+                warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("default")
+            for category in IGNORED:
+                warnings.simplefilter("ignore", category)
+            state = random.getstate()
+            try:
+                code = main(argv)
+            finally:
+                random.setstate(state)
+                records.release_locks()
+        shown = "".join(warnings.formatwarning(w.message, w.category, w.filename, w.lineno, w.line) for w in caught)
+    finally:
+        torch.set_num_threads(threads)
+        sys.argv = saved_argv
+        os.chdir(saved_cwd)
+        os.environ.clear()
+        os.environ.update(saved_env)
+    return subprocess.CompletedProcess(["tinymnist", *argv], code, out.getvalue() + fd_out.text,
+                                       err.getvalue() + shown + fd_err.text)
+
+
+class _Captured:
+    text = ""
+
+
+@contextlib.contextmanager
+def _fd_captured(fd: int):
+    """What is written straight to file descriptor `fd` (by C code) meanwhile, in `.text` once done."""
+    captured = _Captured()
+    with tempfile.TemporaryFile() as f:
+        for stream in (sys.stdout, sys.stderr):
+            stream.flush()
+        saved = os.dup(fd)
+        os.dup2(f.fileno(), fd)
+        try:
+            yield captured
+        finally:
+            os.dup2(saved, fd)
+            os.close(saved)
+            f.seek(0)
+            captured.text = f.read().decode(errors="replace")
+
+
+def one_line(text: str) -> str:
+    """The only line of `text` (an error's stderr), with no traceback in it."""
+    lines = text.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in text, text
+    return lines[0]
+
+
+def fails(proc: subprocess.CompletedProcess, fragment: str = "", code: int = 2) -> str:
+    """Asserts that a `cli` or `run_cli` result ended with exit status `code` (2: bad input) and one line on
+    stderr, the project's ("tinymnist..."), that holds `fragment`; returns that line."""
+    assert proc.returncode == code, proc.stderr
+    line = one_line(proc.stderr)
+    assert line.startswith("tinymnist") and fragment in line, line
+    return line
