@@ -11,22 +11,16 @@ import sys
 import pytest
 import torch
 
-from conftest import ROOT, run_cli
+from conftest import ROOT, cli, fails
 
 EXAMPLE = "examples/my_net.py:MyNet"
-
-
-def one_line_error(proc, fragment):
-    assert proc.returncode == 2, proc.stderr
-    lines = proc.stderr.strip().splitlines()
-    assert len(lines) == 1 and "Traceback" not in proc.stderr and fragment in lines[0], proc.stderr
 
 
 @pytest.fixture(scope="module")
 def user_runs(tmp_path_factory, mnist_dir):
     out = tmp_path_factory.mktemp("byo")
-    proc = run_cli("train", EXAMPLE, "--recipe", "final", "--seeds", "1-2", "--limit", "512", "--epochs", "2",
-                   "--max-params", "8000", "--data-dir", str(mnist_dir), "--out", str(out), "--quiet")
+    proc = cli("train", EXAMPLE, "--recipe", "final", "--seeds", "1-2", "--limit", "512", "--epochs", "2",
+               "--max-params", "8000", "--data-dir", str(mnist_dir), "--out", str(out), "--quiet")
     assert proc.returncode == 0, proc.stderr
     return out
 
@@ -43,23 +37,23 @@ def test_a_user_network_trains_into_records_that_name_its_code_and_budgets(user_
 
 
 def test_summary_measures_the_receptive_field_of_a_user_network():
-    info = json.loads(run_cli("summary", EXAMPLE, "--json").stdout)
+    info = json.loads(cli("summary", EXAMPLE, "--json").stdout)
     assert info["params"] == 6114
     rfs = {layer["name"]: (layer["rf"], layer["jump"]) for layer in info["layers"]}
     assert rfs["features.0.0"] == (3, 1) and rfs["features.1"] == (4, 2) and rfs["classifier"] == (16, 2)
-    small = json.loads(run_cli("summary", "examples/my_net.py:small_net", "--model-arg", "width=4", "--json").stdout)
+    small = json.loads(cli("summary", "examples/my_net.py:small_net", "--model-arg", "width=4", "--json").stdout)
     assert small["params"] < info["params"]
 
 
 def test_eval_export_predict_and_report_on_a_user_checkpoint(user_runs, mnist_dir, tmp_path):
     ckpt = str(user_runs / "my_net.MyNet" / "seed1.pt")
     rec = json.loads((user_runs / "my_net.MyNet" / "seed1.json").read_text())
-    one_line_error(run_cli("eval", ckpt, "--data-dir", str(mnist_dir)), f"name that code with --model {EXAMPLE}")
-    res = json.loads(run_cli("eval", ckpt, "--model", EXAMPLE, "--data-dir", str(mnist_dir), "--limit", "512",
-                             "--json").stdout)
+    fails(cli("eval", ckpt, "--data-dir", str(mnist_dir)), f"name that code with --model {EXAMPLE}")
+    res = json.loads(cli("eval", ckpt, "--model", EXAMPLE, "--data-dir", str(mnist_dir), "--limit", "512",
+                         "--json").stdout)
     assert res["correct"] == rec["epochs"][-1]["test_correct"]
-    onnx = run_cli("export", ckpt, "--model", EXAMPLE, "--onnx", str(tmp_path / "my.onnx"), "--data-dir",
-                   str(mnist_dir), "--limit", "200")
+    onnx = cli("export", ckpt, "--model", EXAMPLE, "--onnx", str(tmp_path / "my.onnx"), "--data-dir",
+               str(mnist_dir), "--limit", "200")
     assert onnx.returncode == 0 and "(OK)" in onnx.stdout, onnx.stderr
     from PIL import Image
 
@@ -68,10 +62,10 @@ def test_eval_export_predict_and_report_on_a_user_checkpoint(user_runs, mnist_di
     for y in range(8, 32):
         img.putpixel((20, y), 0)
     img.save(tmp_path / "one.png")
-    pred = run_cli("predict", ckpt, str(tmp_path / "one.png"), "--model", EXAMPLE, "--json")
+    pred = cli("predict", ckpt, str(tmp_path / "one.png"), "--model", EXAMPLE, "--json")
     assert pred.returncode == 0 and 0 <= json.loads(pred.stdout)[0]["digit"] <= 9, pred.stderr
-    report = run_cli("report", "--results", str(user_runs), "--out", str(tmp_path / "report"), "--model", EXAMPLE,
-                     "--data-dir", str(mnist_dir))
+    report = cli("report", "--results", str(user_runs), "--out", str(tmp_path / "report"), "--model", EXAMPLE,
+                 "--data-dir", str(mnist_dir))
     assert report.returncode == 0, report.stderr
     text = (tmp_path / "report" / "report.md").read_text()
     assert f"| {EXAMPLE} | 6,114 | 1, 2 | 0 of 2 |" in text and "<= 8,000 params" in text
@@ -83,14 +77,15 @@ def test_a_changed_file_is_refused_unless_forced(user_runs, tmp_path, mnist_dir)
     changed = tmp_path / "my_net.py"
     changed.write_text((ROOT / "examples" / "my_net.py").read_text() + "\n# changed\n")
     ckpt = str(user_runs / "my_net.MyNet" / "seed1.pt")
-    one_line_error(run_cli("eval", ckpt, "--model", f"{changed}:MyNet", "--data-dir", str(mnist_dir)), "--force")
-    forced = run_cli("eval", ckpt, "--model", f"{changed}:MyNet", "--force", "--data-dir", str(mnist_dir),
-                     "--limit", "64")
+    fails(cli("eval", ckpt, "--model", f"{changed}:MyNet", "--data-dir", str(mnist_dir)), "--force")
+    forced = cli("eval", ckpt, "--model", f"{changed}:MyNet", "--force", "--data-dir", str(mnist_dir),
+                 "--limit", "64")
     assert forced.returncode == 0 and "warning" in forced.stderr and "SHA-256" in forced.stderr, forced.stderr
 
 
-def test_a_checkpoint_naming_code_never_imports_it(tmp_path, mnist_dir):
+def test_a_checkpoint_naming_code_never_imports_it(tmp_path, mnist_dir, monkeypatch):
     """A checkpoint whose reference names a module with a side effect: loading it does not run that module."""
+    monkeypatch.syspath_prepend(tmp_path)  # `evil` is importable: only the code's refusal keeps it unimported
     marker = tmp_path / "ran"
     (tmp_path / "evil.py").write_text(f"open({str(marker)!r}, 'w').write('imported')\nimport torch\n"
                                       "Net = torch.nn.Linear\n")
@@ -100,9 +95,9 @@ def test_a_checkpoint_naming_code_never_imports_it(tmp_path, mnist_dir):
         torch.save({"model": ref, "source": {"ref": ref, "sha256": "0" * 64, "args": {}}, "state_dict": state}, ckpt)
         for args in (("eval", str(ckpt), "--data-dir", str(mnist_dir)), ("predict", str(ckpt), str(ckpt)),
                      ("export", str(ckpt), "--onnx", str(tmp_path / "x.onnx"))):
-            proc = run_cli(*args, env={"PYTHONPATH": f"{tmp_path}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"})
+            proc = cli(*args)
             assert proc.returncode == 2 and "never runs code" in proc.stderr, proc.stderr
-        assert not marker.exists()
+        assert not marker.exists() and "evil" not in sys.modules
 
 
 @pytest.mark.parametrize("source, ref, extra, fragment", [
@@ -124,8 +119,8 @@ def test_bad_user_networks_are_one_line_and_write_nothing(tmp_path, source, ref,
     if source is not None:
         f.write_text(source)
     out = tmp_path / "out"
-    proc = run_cli("train", ref.format(f=f), *extra, "--limit", "64", "--epochs", "1", "--out", str(out))
-    one_line_error(proc, fragment)
+    proc = cli("train", ref.format(f=f), *extra, "--limit", "64", "--epochs", "1", "--out", str(out))
+    fails(proc, fragment)
     assert not out.exists()
 
 

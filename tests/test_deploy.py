@@ -6,7 +6,7 @@ import pytest
 import torch
 from PIL import Image
 
-from conftest import ROOT, run_cli
+from conftest import ROOT, cli, fails
 from tinymnist.data import load_mnist
 from tinymnist.predict import ImageError, to_mnist
 
@@ -45,8 +45,8 @@ def test_blank_image_is_an_error():
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory, mnist_dir):
     out = tmp_path_factory.mktemp("ckpt")
-    proc = run_cli("train", "Model_3", "--epochs", "1", "--limit", "2000", "--data-dir", str(mnist_dir),
-                   "--out", str(out), "--quiet")
+    proc = cli("train", "Model_3", "--epochs", "1", "--limit", "2000", "--data-dir", str(mnist_dir),
+               "--out", str(out), "--quiet")
     assert proc.returncode == 0, proc.stderr
     return out / "Model_3" / "seed1.pt"
 
@@ -56,7 +56,7 @@ def test_predict_json_on_png_and_jpeg(tmp_path, digits, checkpoint):
     png, jpg = tmp_path / "a.png", tmp_path / "b.jpg"
     photo_of(images[0], True).save(png)
     photo_of(images[1], False).save(jpg, quality=90)
-    proc = run_cli("predict", str(checkpoint), str(png), str(jpg), "--json")
+    proc = cli("predict", str(checkpoint), str(png), str(jpg), "--json")
     assert proc.returncode == 0, proc.stderr
     rows = json.loads(proc.stdout)
     assert [r["file"] for r in rows] == [str(png), str(jpg)]
@@ -73,19 +73,16 @@ def test_predict_json_on_png_and_jpeg(tmp_path, digits, checkpoint):
 def test_predict_bad_files(tmp_path, checkpoint, make, fragment):
     target = tmp_path / "digit.png"
     make(target)
-    proc = run_cli("predict", str(checkpoint), str(target))
-    assert proc.returncode == 2 and fragment in proc.stderr and "Traceback" not in proc.stderr
-    assert len(proc.stderr.strip().splitlines()) == 1
+    fails(cli("predict", str(checkpoint), str(target)), fragment)
 
 
 def test_predict_needs_images(checkpoint):
-    proc = run_cli("predict", str(checkpoint))
-    assert proc.returncode == 2 and "IMAGE" in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
+    fails(cli("predict", str(checkpoint)), "IMAGE")
 
 
 def test_export_onnx_matches_pytorch(tmp_path, checkpoint, mnist_dir):
     out = tmp_path / "m.onnx"
-    proc = run_cli("export", str(checkpoint), "--onnx", str(out), "--data-dir", str(mnist_dir))
+    proc = cli("export", str(checkpoint), "--onnx", str(out), "--data-dir", str(mnist_dir))
     assert proc.returncode == 0, proc.stderr
     assert "agrees with PyTorch on 10000/10000 test labels" in proc.stdout and "(OK)" in proc.stdout
     assert out.stat().st_size > 10_000
@@ -96,16 +93,14 @@ def test_checkpoint_of_another_model_is_refused(tmp_path, checkpoint):
     ckpt["model"] = "Model_1"
     wrong = tmp_path / "wrong.pt"
     torch.save(ckpt, wrong)
-    proc = run_cli("eval", str(wrong))
+    proc = cli("eval", str(wrong))
     assert proc.returncode == 2 and "weights do not fit Model_1" in proc.stderr
 
 
 def test_truncated_checkpoint_is_refused(tmp_path, checkpoint):
     cut = tmp_path / "cut.pt"
     cut.write_bytes(checkpoint.read_bytes()[:2000])
-    proc = run_cli("eval", str(cut))
-    assert proc.returncode == 2 and "not a readable checkpoint" in proc.stderr
-    assert len(proc.stderr.strip().splitlines()) == 1
+    fails(cli("eval", str(cut)), "not a readable checkpoint")
 
 
 @pytest.mark.artifacts
@@ -119,7 +114,7 @@ def test_shipped_weights_reproduce_their_record(role, mnist_dir):
     meta = json.loads((WEIGHTS_DIR / f"{ROLES[role]}.json").read_text())
     assert meta["model"] == ROLES[role] and meta["role"] == role
     record = json.loads((ROOT / meta["record"]).read_text())
-    proc = run_cli("eval", role, "--json", "--data-dir", str(mnist_dir))  # a role works as a model name
+    proc = cli("eval", role, "--json", "--data-dir", str(mnist_dir))  # a role works as a model name
     assert proc.returncode == 0, proc.stderr
     res = json.loads(proc.stdout)
     last = record["epochs"][-1]
@@ -134,7 +129,7 @@ def test_shipped_final_model_reads_pictures_of_digits(tmp_path, digits):
         path = tmp_path / f"d{i}.{'png' if i % 2 else 'jpg'}"
         photo_of(images[i], dark_ink=i % 3 != 0, colour=i % 2 == 0).save(path)
         files.append(str(path))
-    proc = run_cli("predict", "final", *files, "--json")
+    proc = cli("predict", "final", *files, "--json")
     assert proc.returncode == 0, proc.stderr
     predicted = [r["digit"] for r in json.loads(proc.stdout)]
     assert sum(p == t for p, t in zip(predicted, labels[:10].tolist())) >= 9
