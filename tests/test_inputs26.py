@@ -16,8 +16,7 @@ import pytest
 import torch
 from torch import nn
 
-from conftest import ROOT, fake_data
-from tinymnist.cli import main
+from conftest import ROOT, cli, fails, fake_data
 from tinymnist.engine import fit
 from tinymnist.model import BudgetError, ModelCodeError, UserNetworkError, create_model, get_entry, resolve
 from tinymnist.recipes import Recipe, RecipeError, load_recipe_file
@@ -25,17 +24,6 @@ from tinymnist.records import CheckpointError, load_checkpoint, save_checkpoint
 from tinymnist.runtime import default_runtime
 from tinymnist.search import SearchError, check_recipe_fields, load_space
 from tinymnist.summary import analytic_rf, measured_rf, summary_dict
-
-
-def run_main(capsys, *args) -> tuple[int, str]:
-    code = main([str(a) for a in args])
-    return code, capsys.readouterr().err
-
-
-def one_line(code: int, err: str, fragment: str) -> str:
-    lines = err.strip().splitlines()
-    assert code == 2 and len(lines) == 1 and "Traceback" not in err and fragment in lines[0], err
-    return lines[0]
 
 
 def limited(limit_mb: int) -> str:
@@ -56,7 +44,7 @@ def issue_net() -> nn.Sequential:
     )
 
 
-def test_global_pooling_sees_the_28x28_image_not_the_measuring_canvas(tmp_path, capsys):
+def test_global_pooling_sees_the_28x28_image_not_the_measuring_canvas(tmp_path):
     net = issue_net()
     fields = measured_rf(net)
     assert fields == {k: v for k, v in analytic_rf(net).items() if k in fields}
@@ -68,8 +56,9 @@ def test_global_pooling_sees_the_28x28_image_not_the_measuring_canvas(tmp_path, 
         "        nn.Conv2d(8, 16, 3), nn.ReLU(), nn.BatchNorm2d(16),\n"
         "        nn.Conv2d(16, 16, 3), nn.ReLU(), nn.BatchNorm2d(16),\n"
         "        nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(16, 10))\n")
-    assert main(["summary", f"{tmp_path / 'net.py'}:MyNet", "--json"]) == 0
-    info = json.loads(capsys.readouterr().out)
+    proc = cli("summary", f"{tmp_path / 'net.py'}:MyNet", "--json")
+    assert proc.returncode == 0, proc.stderr
+    info = json.loads(proc.stdout)
     assert info["rf"] == 28 and info["layers"][-1]["rf"] == 28
 
 
@@ -172,20 +161,20 @@ def test_a_network_over_the_budget_is_refused_before_it_is_built():
     code = f"{limited(4000)}import sys; from tinymnist.cli import main; sys.exit(main({args!r}))"
     start = time.perf_counter()
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=120)
-    one_line(proc.returncode, proc.stderr, "has 810,000,129,000,010 parameters, over the budget of 8,000")
+    fails(proc, "has 810,000,129,000,010 parameters, over the budget of 8,000")
     assert time.perf_counter() - start < 60
     with pytest.raises(BudgetError, match="over the budget of 5,000"):
         resolve("examples/my_net.py:MyNet", max_params=5000)
 
 
-def test_summary_builds_the_network_once(tmp_path, capsys):
+def test_summary_builds_the_network_once(tmp_path):
     count = tmp_path / "built"
     (tmp_path / "net.py").write_text(
         "from torch import nn\n\n\ndef make():\n"
         f"    open({str(count)!r}, 'a').write('x')\n"
         "    return nn.Sequential(nn.Conv2d(1, 4, 3), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 10))\n")
-    code, err = run_main(capsys, "summary", f"{tmp_path / 'net.py'}:make")
-    assert code == 0, err
+    proc = cli("summary", f"{tmp_path / 'net.py'}:make")
+    assert proc.returncode == 0, proc.stderr
     assert count.read_text() == "x"
 
 
@@ -274,13 +263,13 @@ def test_a_network_returning_float64_is_refused_when_built(user_nets):
         resolve(f"{user_nets}:Double")
 
 
-def test_through_the_cli_one_line_and_the_traceback_on_request(user_nets, mnist_dir, tmp_path, capsys, monkeypatch):
+def test_through_the_cli_one_line_and_the_traceback_on_request(user_nets, mnist_dir, tmp_path):
     args = ("train", f"{user_nets}:Boom", "--limit", "64", "--epochs", "1", "--data-dir", mnist_dir, "--out",
             tmp_path / "out", "--quiet")
-    one_line(*run_main(capsys, *args), f"your network {user_nets}:Boom failed in training: RuntimeError: boom")
-    monkeypatch.setenv("TINYMNIST_DEBUG", "1")
-    code, err = run_main(capsys, *args)
-    assert code == 2 and "Traceback" in err and f'File "{user_nets}", line 18, in forward' in err
+    fails(cli(*args), f"your network {user_nets}:Boom failed in training: RuntimeError: boom")
+    debug = cli(*args, env={"TINYMNIST_DEBUG": "1"})
+    assert debug.returncode == 2 and "Traceback" in debug.stderr, debug.stderr
+    assert f'File "{user_nets}", line 18, in forward' in debug.stderr, debug.stderr
 
 
 # --- 9, 13 and 14. checkpoints ------------------------------------------------------------------------
@@ -323,7 +312,7 @@ def save_deep(path, depth: int) -> None:
         threading.stack_size(old)
 
 
-def test_crafted_checkpoints_are_refused_with_the_file_named(tmp_path, capsys):
+def test_crafted_checkpoints_are_refused_with_the_file_named(tmp_path):
     def meta(c):
         c["state_dict"]["conv1.0.weight"] = torch.empty(8, 1, 3, 3, device="meta")
 
@@ -343,7 +332,7 @@ def test_crafted_checkpoints_are_refused_with_the_file_named(tmp_path, capsys):
         with pytest.raises(CheckpointError, match="^" + path) as e:
             load_checkpoint(path)
         assert fragment in str(e.value)
-        one_line(*run_main(capsys, "predict", path, tmp_path / "none.png", "--json"), f"{path}: ")
+        fails(cli("predict", path, tmp_path / "none.png", "--json"), f"{path}: ")
 
 
 def zip_bomb(path, good, declared: int) -> None:
@@ -382,7 +371,7 @@ def test_a_checkpoint_declaring_more_than_it_holds_is_refused_unread(tmp_path):
              "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024); sys.exit(code)")
     proc = subprocess.run([sys.executable, "-c", limited(4000) + probe, "eval", str(tmp_path / "bomb.pt"),
                            "--data-dir", "/nonexistent"], capture_output=True, text=True, cwd=ROOT, timeout=120)
-    one_line(proc.returncode, proc.stderr, "bomb.pt: not a readable checkpoint (its entries declare 536,")
+    fails(proc, "bomb.pt: not a readable checkpoint (its entries declare 536,")
     assert int(proc.stdout) < 512, f"peak memory {proc.stdout} MB"
     (tmp_path / "old.pt").write_bytes(b"\x80\x02" + bytes(100))  # not a zip archive: the format before torch 1.6
     with pytest.raises(CheckpointError, match="not a zip archive"):
@@ -406,12 +395,12 @@ def deep_toml(depth: int, array: bool) -> str:
     ("lr = [1, 2]\n", "recipe field lr must be a number, not a list"),
     ("[augment]\nrotation = [[[1]]]\n", "recipe field rotation must be a number, not a list"),
 ])
-def test_bad_recipe_files_are_one_line(tmp_path, capsys, content, fragment):
+def test_bad_recipe_files_are_one_line(tmp_path, content, fragment):
     path = tmp_path / "r.toml"
     path.write_bytes(content if isinstance(content, bytes) else content.encode())
     with pytest.raises(RecipeError, match=f"^recipe file {path}: "):
         load_recipe_file(str(path))
-    one_line(*run_main(capsys, "train", "Model_41", "--recipe", path, "--data-dir", "/nonexistent"), fragment)
+    fails(cli("train", "Model_41", "--recipe", path, "--data-dir", "/nonexistent"), fragment)
 
 
 def test_big_and_special_toml_files_are_refused_unread(tmp_path):

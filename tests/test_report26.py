@@ -15,26 +15,13 @@ from pathlib import Path
 
 import pytest
 
-from conftest import ROOT
-from tinymnist.cli import main
+from conftest import ROOT, cli, fails, one_line
 from tinymnist.model import ROLES
 from tinymnist.records import MAX_RECORD_BYTES, CheckpointError, load_record
 from tinymnist.report import ReportError, bench_tables, folder_table, load_records, load_search_record
 from tinymnist.run import Budget, VerdictError, held_last, verdict
 
 FAST = ["--device", "cpu", "--quiet", "--threads", "1"]
-
-
-def run_main(capsys, *args) -> tuple[int, str]:
-    code = main([str(a) for a in args])
-    err = capsys.readouterr().err
-    return code, err
-
-
-def one_line(err: str) -> str:
-    lines = err.strip().splitlines()
-    assert len(lines) == 1 and "Traceback" not in err, err
-    return lines[0]
 
 
 @pytest.fixture(scope="module")
@@ -47,7 +34,8 @@ def runs(tmp_path_factory, mnist_dir):
                  ["--epochs", "2", "--seed", "1", "--out", root / "mixed"],
                  ["--epochs", "2", "--seed", "2", "--max-params", "8000", "--out", root / "mixed"],
                  ["--epochs", "1", "--seed", "1", "--val", "64", "--out", root / "val"]):
-        assert main([str(a) for a in train + args]) == 0
+        proc = cli(*train, *args)
+        assert proc.returncode == 0, proc.stderr
     return root
 
 
@@ -62,8 +50,9 @@ def edit(path: Path, change) -> None:
     path.write_text(json.dumps(rec))
 
 
-def report_out(capsys, results: Path, out: Path) -> tuple[int, str]:
-    return run_main(capsys, "report", "--results", results, "--out", out)
+def report_out(results: Path, out: Path) -> tuple[int, str]:
+    proc = cli("report", "--results", results, "--out", out)
+    return proc.returncode, proc.stderr
 
 
 # --- 2. any folder a user's runs can make gives a report ------------------------------------------------
@@ -82,13 +71,13 @@ def strip_test_columns(rec):
     pytest.param("val", strip_test_columns, id="no test columns"),
     pytest.param("one", lambda rec: None, id="one seed"),  # seed 2 removed below
 ])
-def test_every_folder_of_runs_gets_a_report(runs, tmp_path, capsys, folder, change):
+def test_every_folder_of_runs_gets_a_report(runs, tmp_path, folder, change):
     results = copy_folder(runs, folder, tmp_path / "results")  # no checkpoints: test_byo draws the confusion
     if change is not None:
         for path in results.glob("*/seed*.json"):
             edit(path, change)
         (results / "Model_6" / "seed2.json").unlink(missing_ok=True)
-    code, err = report_out(capsys, results, tmp_path / "out")
+    code, err = report_out(results, tmp_path / "out")
     assert code == 0, err
     text = (tmp_path / "out" / "report.md").read_text()
     assert "| Model_6 | 7,624 |" in text
@@ -96,7 +85,7 @@ def test_every_folder_of_runs_gets_a_report(runs, tmp_path, capsys, folder, chan
         assert (tmp_path / "out" / png).read_bytes().startswith(b"\x89PNG"), png
 
 
-def test_a_run_without_test_accuracy_is_shown_not_judged(runs, tmp_path, capsys):
+def test_a_run_without_test_accuracy_is_shown_not_judged(runs, tmp_path):
     results = copy_folder(runs, "val", tmp_path / "results")
     edit(results / "Model_6" / "seed1.json", strip_test_columns)
     row = next(line for line in folder_table(results) if line.startswith("| Model_6"))
@@ -209,7 +198,7 @@ def damage(path: Path, how) -> None:
 
 
 @pytest.mark.parametrize("case", BAD_RECORDS)
-def test_a_record_that_is_not_one_is_refused_in_one_line(runs, tmp_path, capsys, case):
+def test_a_record_that_is_not_one_is_refused_in_one_line(runs, tmp_path, case):
     how, says = BAD_RECORDS[case]
     results = copy_folder(runs, "mixed", tmp_path / "results")
     record = results / "Model_6" / "seed1.json"
@@ -218,7 +207,7 @@ def test_a_record_that_is_not_one_is_refused_in_one_line(runs, tmp_path, capsys,
         load_record(record)
     assert str(err.value).startswith(f"{record}: not a") and says in str(err.value), str(err.value)
     assert "\n" not in str(err.value) and len(str(err.value)) < 300
-    code, err = report_out(capsys, results, tmp_path / "out")
+    code, err = report_out(results, tmp_path / "out")
     assert code == 2 and one_line(err) == f"tinymnist: error: {load_record_error(record)}"
     assert not (tmp_path / "out" / "report.md").exists()  # refused, not a report over the other seed
 
@@ -233,7 +222,7 @@ def load_record_error(path: Path) -> str:
 
 @pytest.mark.parametrize("case", ["accuracy NaN", "accuracy above 100", "no params", "rows that are numbers",
                                   "budget a list", "not UTF-8", "nested 100,000 deep", "seed not its name"])
-def test_report_check_refuses_a_record_that_is_not_one(runs, tmp_path, capsys, monkeypatch, case):
+def test_report_check_refuses_a_record_that_is_not_one(runs, tmp_path, monkeypatch, case):
     """`report --check` (the project's pages) reads the same way; the pages are judged over every record."""
     final = ROLES["final"]
     results = tmp_path / "results"
@@ -243,8 +232,8 @@ def test_report_check_refuses_a_record_that_is_not_one(runs, tmp_path, capsys, m
     record = results / final / "seed1.json"
     damage(record, BAD_RECORDS[case][0])
     monkeypatch.chdir(ROOT)  # the pages are the project's own: README.md and docs/
-    code, err = run_main(capsys, "report", "--check", "--no-figures", "--results", results)
-    assert code == 2 and one_line(err).startswith(f"tinymnist: error: {record}: not a"), err
+    err = fails(cli("report", "--check", "--no-figures", "--results", results))
+    assert err.startswith(f"tinymnist: error: {record}: not a"), err
 
 
 def test_the_docs_refuse_a_record_of_another_model_in_a_models_folder(runs, tmp_path):
@@ -272,12 +261,12 @@ def test_a_pipe_or_a_folder_named_like_a_record_is_refused_at_once(runs, tmp_pat
 # --- 14. a huge record is refused before it is read ------------------------------------------------------
 
 
-def test_a_huge_record_is_refused_before_it_is_read(runs, tmp_path, capsys):
+def test_a_huge_record_is_refused_before_it_is_read(runs, tmp_path):
     results = copy_folder(runs, "one", tmp_path / "results")
     record = results / "Model_6" / "seed1.json"
     with open(record, "r+b") as f:
         f.truncate(200_000_000)  # sparse: 200 MB on paper, nothing on the disk, and not read
-    code, err = report_out(capsys, results, tmp_path / "out")
+    code, err = report_out(results, tmp_path / "out")
     assert code == 2 and f"{record}: not a record: 200,000,000 bytes, more than the {MAX_RECORD_BYTES:,}" in \
         one_line(err)
 
@@ -298,22 +287,22 @@ def test_the_size_bound_leaves_room_for_long_runs(runs, tmp_path):
 
 @pytest.mark.parametrize("target, says", [("file", "it is a file, not a folder"),
                                           ("/dev/null", "it is a special file, not a folder")])
-def test_out_must_be_a_folder(runs, tmp_path, capsys, target, says):
+def test_out_must_be_a_folder(runs, tmp_path, target, says):
     out = tmp_path / "report.txt" if target == "file" else Path(target)
     if target == "file":
         out.write_text("mine")
-    code, err = report_out(capsys, runs / "one", out)
+    code, err = report_out(runs / "one", out)
     assert code == 2 and one_line(err) == f"tinymnist: error: cannot write the report into {out}: {says}"
     assert target != "file" or out.read_text() == "mine"
 
 
 @pytest.mark.parametrize("name, kind", [("test_curves.png", "folder"), ("train_vs_test.png", "folder"),
                                         ("report.md", "folder"), ("report.md", "fifo")])
-def test_a_figure_or_page_whose_place_is_taken_is_refused(runs, tmp_path, capsys, name, kind):
+def test_a_figure_or_page_whose_place_is_taken_is_refused(runs, tmp_path, name, kind):
     out = tmp_path / "out"
     out.mkdir()
     os.mkfifo(out / name) if kind == "fifo" else (out / name).mkdir()
-    code, err = report_out(capsys, copy_folder(runs, "one", tmp_path / "results"), out)
+    code, err = report_out(copy_folder(runs, "one", tmp_path / "results"), out)
     what = "it is a folder" if kind == "folder" else "it is a special file, not a regular file"
     assert code == 2 and one_line(err) == f"tinymnist: error: cannot write {out / name}: {what}"
 
@@ -345,11 +334,11 @@ def tiny_disk(tmp_path):
         subprocess.run(["umount", str(folder)], check=True)
 
 
-def test_a_full_disk_keeps_the_report_already_there(runs, tiny_disk, capsys):
+def test_a_full_disk_keeps_the_report_already_there(runs, tiny_disk):
     """savefig wrote onto the figure: a full disk left it cut short. Now a temporary file is renamed over it."""
     results = copy_folder(runs, "one", tiny_disk.parent / "results")
     out = tiny_disk / "out"
-    assert report_out(capsys, results, out)[0] == 0
+    assert report_out(results, out)[0] == 0
     before = {p.name: p.read_bytes() for p in out.iterdir()}
     filler = tiny_disk / "filler"
     with open(filler, "wb") as f:  # fill the disk to the last block
@@ -367,7 +356,7 @@ def test_a_full_disk_keeps_the_report_already_there(runs, tiny_disk, capsys):
     except OSError:
         pass
     edit(results / "Model_6" / "seed1.json", lambda rec: rec["epochs"][0].update(test_acc=50.0, test_correct=32))
-    code, err = report_out(capsys, results, out)
+    code, err = report_out(results, out)
     assert code == 2 and "No space left on device" in one_line(err) and "nothing was lost" in err
     assert {p.name: p.read_bytes() for p in out.iterdir()} == before  # every file whole, none half-written
 
