@@ -104,9 +104,11 @@ def test_a_teacher_can_be_a_checkpoint_file():
 
 @pytest.mark.artifacts
 def test_every_teacher_in_the_registry_has_its_checkpoints_in_the_records():
-    for entry in REGISTRY.values():
-        if entry.recipe.teacher:
-            assert len(load_teachers(entry.recipe, CPU, RESULTS)) == entry.recipe.teacher_seeds, entry.name
+    taught = [entry for entry in REGISTRY.values() if entry.recipe.teacher]
+    if not taught:
+        pytest.skip("no step of the registry has a teacher")
+    for entry in taught:
+        assert len(load_teachers(entry.recipe, CPU, RESULTS)) == entry.recipe.teacher_seeds, entry.name
 
 
 def test_a_teacher_ensemble_averages_its_members_log_probabilities(tmp_path):

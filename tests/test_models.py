@@ -181,6 +181,8 @@ def test_bernoulli_positions_are_independent_draws_of_probability_p():
 def test_committed_records_were_made_with_the_models_recipe_and_size(name):
     """A record in results/ stands for its model only while the registry still trains that model that way."""
     records = sorted((Path(__file__).resolve().parent.parent / "results" / name).glob("seed*.json"))
+    if not records:  # a new step before its runs: nothing to check, and the summary says so
+        pytest.skip(f"{name} has no records in results/")
     for path in records:
         record = json.loads(path.read_text())
         assert Recipe.from_dict(record["recipe"]) == get_entry(name).recipe, path.name
