@@ -220,7 +220,8 @@ def _recipe(entry: Entry, args) -> tuple[Recipe, str]:
 
 
 def cmd_train(args) -> None:
-    from .run import Budget, train_seed, verdict
+    from .judge import Budget, verdict
+    from .run import train_seed
 
     git_commit()  # now, before anything can change the checkout under a long run
     entry = _entry(args.model, args)
@@ -269,7 +270,7 @@ def _scale_options(args, default_threads: int) -> tuple[int, int]:
 
 def cmd_sweep(args) -> None:
     """Every (model, seed, setting) as a Ray task; records land in --out on this machine."""
-    from .run import Budget
+    from .judge import Budget
     from .sweep import Run, import_ray, parse_grid, plan, seeds_table, sweep
 
     import_ray()  # before any work: without Ray, one line saying how to install it
@@ -294,7 +295,7 @@ def cmd_sweep(args) -> None:
 
 def cmd_search(args) -> None:
     """A recipe search on the validation split; the best recipe becomes a TOML recipe file."""
-    from .run import Budget
+    from .judge import Budget
     from .search import check_recipe_fields, import_optuna, load_space, main_line, search, write_best
     from .sweep import import_ray
 

@@ -25,10 +25,9 @@ from torch import nn
 
 from .data import preprocess
 from .errors import TinyMnistError
+from .judge import HOLD, TINY_HOLD
 from .nets import early_pool_net, late_pool_net, pool_first_net, reference_net, wide_net
 from .recipes import Recipe, RecipeError, get_recipe
-
-TARGET = 99.40  # test accuracy (%) to hold in each of the last `hold` epochs
 
 
 class UnknownModelError(TinyMnistError):
@@ -46,7 +45,7 @@ class Entry:
     args: dict[str, Any]  # its arguments
     recipe_name: str  # a key of recipes.RECIPES
     target: str  # what this step set out to do, in one line
-    hold: int = 5  # the target: test accuracy >= TARGET in each of the last `hold` epochs
+    hold: int = HOLD  # its target: test accuracy >= judge.TARGET in each of the last `hold` epochs
     source: dict[str, Any] | None = None  # a user's network: {"ref", "sha256", "args"}, kept in records
 
     @property
@@ -82,7 +81,7 @@ class Entry:
 
 
 # the tiny models hold over the last 3 epochs with under 4,000 parameters (steps 8 and 12 to 21)
-TINY = dict(hold=3)
+TINY = dict(hold=TINY_HOLD)
 EARLY = (8, 12, 16, 16, 16)  # Model_9's channels
 SEPARABLE = dict(block="separable")
 

@@ -1,4 +1,4 @@
-"""Results as data: verdicts from a run's history, and the generated sections of README.md and docs/*.md.
+"""Results as data: the generated sections of README.md and docs/*.md (their verdicts are `judge.py`'s).
 
 A generated section is the text between `<!-- BEGIN key -->` and `<!-- END key -->`; `render` rewrites every
 such section of a page from the records in `results/` (runs) and `results/bench/` (timings) and from the
@@ -15,41 +15,32 @@ from __future__ import annotations
 import posixpath
 import re
 import statistics
-from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
 
 from .errors import TinyMnistError
 from .files import atomic_write_bytes, describe_missing, write_failure
-from .model import REGISTRY, ROLES, TARGET, create_model, get_entry
-from .records import accuracy_column, is_percent, load_record, read_json
-from .run import Budget, held_last
+from .judge import (
+    GOALS,
+    HOLD,
+    TARGET,
+    TRAIN_IMAGES,
+    Budget,
+    assess,
+    choose_roles,
+    held_and_mean,
+    held_last,
+    is_percent,
+    verdict,
+)
+from .judge import training_steps as recipe_steps
+from .model import REGISTRY, ROLES, create_model, get_entry
+from .records import accuracy_column, load_record, read_json
 from .summary import format_summary, summary_dict
 
-HOLD = 5  # ... in each of the last HOLD epochs (the reference held it in epochs 11 to 15)
-TRAIN_IMAGES = 60_000  # MNIST's training set: every judged record trained on all of it, a validation run on part
 DOCS = "docs"  # the folder of the documentation pages, beside README.md
 REFERENCE_STEPS = 6  # Model_1 ... Model_6 reproduce the reference progression
 SPEED_FROM = 22  # the first step whose target is a shorter training run (steps 22 on: the speed path)
-
-
-@dataclass(frozen=True)
-class Goal:
-    """A target of the project for a role, judged over a model's full-data records."""
-
-    role: str
-    max_params: int
-    hold: int  # test accuracy >= TARGET in each of the last `hold` epochs, on every seed
-    min_mean: float | None = None  # and the mean of those last-`hold` accuracies over all seeds at least this
-    seeds: int = 5  # the fewest seeds that count
-
-    def describe(self) -> str:
-        mean = f", mean of those >= {self.min_mean:.2f} %" if self.min_mean else ""
-        return (f"{self.role}: <= {self.max_params:,} params, >= {TARGET:.2f} % in each of the last {self.hold} "
-                f"epochs on every seed (>= {self.seeds} seeds){mean}")
-
-
-GOALS = (Goal("final", 7_999, hold=5, min_mean=99.50), Goal("tiny", 4_000, hold=3))
 
 
 class ReportError(TinyMnistError):
@@ -80,18 +71,6 @@ def epoch_ranges(epochs: list[int]) -> str:
     if run:
         parts.append(f"{run[0]}-{run[-1]}" if len(run) > 1 else str(run[0]))
     return ", ".join(parts) or "none"
-
-
-def verdict(history: list[dict], target: float = TARGET, hold: int = HOLD) -> dict:
-    """`run.verdict`'s judgement of one run, with the epochs at the target besides (for the docs)."""
-    held, last = held_last(history, target, hold)
-    above = [row["epoch"] for row in history if row["test_acc"] >= target]
-    text = (
-        f"target {'MET' if held else 'NOT MET'}: test accuracy >= {target:.2f}% in each of the last {hold} epochs "
-        f"(last {len(last)}: {', '.join(f'{a:.2f}' for a in last)}; epochs at >= {target:.2f}%: "
-        f"{epoch_ranges(above)})"
-    )
-    return {"held": held, "last": last, "above": above, "text": text}
 
 
 # what the docs show of every epoch (the per-epoch log, the margins in test digits); a validation run also val_acc
@@ -128,58 +107,18 @@ def _best(history: list[dict], key: str) -> tuple[float, int]:
     return row[key], row["epoch"]
 
 
-def held_and_mean(records: list[dict], hold: int) -> tuple[int, float]:
-    """On how many of the records (one model, several seeds) test accuracy holds >= TARGET in each of the
-    last `hold` epochs, and the mean of those epochs' test accuracy over all of them (0.0 without records)."""
-    held = sum(verdict(rec["epochs"], hold=hold)["held"] for rec in records)
-    lasts = [r["test_acc"] for rec in records for r in rec["epochs"][-hold:]]
-    return held, statistics.mean(lasts) if lasts else 0.0
-
-
-def assess(records: list[dict], goal: Goal) -> dict:
-    """How `records` (one model, several seeds) fare against `goal`; the mean is not rounded before judging."""
-    held, mean = held_and_mean(records, goal.hold)
-    params = max((r["params"] for r in records), default=0)  # seeds of one network agree; if not, the most counts
-    met = (
-        bool(records) and len(records) >= goal.seeds and held == len(records) and params <= goal.max_params
-        and (goal.min_mean is None or mean >= goal.min_mean)
-    )
-    return {"seeds": len(records), "held": held, "mean": mean, "params": params, "met": met}
-
-
 def training_steps(name: str) -> int:
-    """Optimizer steps to train `name` from scratch with its recipe, its teachers' runs included: the training
-    cost by which the final model is chosen. Every recipe sees the same images, and for networks this small a
-    step has a large fixed cost, so on a CPU the training time follows the steps (the end-to-end records in
-    the Performance section: batch 256 trains in well under the time of batch 64)."""
-    recipe = get_entry(name).recipe
-    steps = recipe.epochs * -(-TRAIN_IMAGES // recipe.batch_size)
-    if recipe.teacher:
-        steps += recipe.teacher_seeds * training_steps(recipe.teacher)
-    return steps
+    """`judge.training_steps` of the registered model `name`: optimizer steps to train it with its recipe from
+    scratch, its teachers' runs included."""
+    return recipe_steps(get_entry(name).recipe, lambda teacher: get_entry(teacher).recipe)
 
 
 def roles_from_records(results: Path, names=None) -> dict[str, str | None]:
-    """Which model each role would go to by the rule in `model.ROLES`'s comment, judged from the records of the
-    models `names` (default: every one); shown beside the roles as decided, nothing assigns roles from it.
-    "final": of the models that meet its goal, the one
-    cheapest to train (`training_steps`), then the one with the highest mean; while none meets it, the best
-    of the models with enough seeds under the budget: those that hold on every seed first, then by mean (the
-    main job must train something). "tiny": the smallest model that meets its goal, else nobody."""
-    roles: dict[str, str | None] = {}
-    for goal in GOALS:
-        scored = {n: assess(load_records(results, n), goal) for n in (REGISTRY if names is None else names)}
-        met = [n for n, a in scored.items() if a["met"]]
-        if goal.role == "tiny":
-            roles["tiny"] = min(met, key=lambda n: scored[n]["params"], default=None)
-        elif met:
-            roles[goal.role] = min(met, key=lambda n: (training_steps(n), -scored[n]["mean"]))
-        else:
-            held = [n for n, a in scored.items() if a["seeds"] >= goal.seeds and 0 < a["params"] <= goal.max_params]
-            roles[goal.role] = max(
-                held, key=lambda n: (scored[n]["held"] == scored[n]["seeds"], scored[n]["mean"]), default=None
-            )
-    return roles
+    """Which model each role would go to by the judge's rule (`judge.choose_roles`, as `model.ROLES`'s comment
+    says), judged from the records in `results` of the models `names` (default: every one); shown beside the
+    roles as decided, nothing assigns roles from it."""
+    return choose_roles({n: load_records(results, n) for n in (REGISTRY if names is None else names)},
+                        training_steps)
 
 
 def targets_table(results: Path) -> str:
@@ -225,7 +164,7 @@ def step_results(results: Path, model: str, base: str = ".") -> str:
     train, train_ep = _best(h, "train_acc")
     test, test_ep = _best(h, "test_acc")
     hold = REGISTRY[model].hold
-    v = verdict(h, hold=hold)
+    v = verdict(h, Budget(hold=hold), rec["params"])
     lines = [
         (f"- Parameters: {rec['params']:,}; seed {rec['seed']}, {len(h)} epochs "
          f"([record]({link(rec['_path'], base)}))"),
@@ -289,20 +228,22 @@ def seed_detail(results: Path, model: str) -> str:
     n = max(len(r["epochs"]) for r in records)
     head = "| seed | " + " | ".join(str(e) for e in range(1, n + 1)) + " | verdict |"
     lines = [head, "|---:|" + "---:|" * n + "---|"]
+    budget = Budget(hold=REGISTRY[model].hold)
     for rec in records:
-        v = verdict(rec["epochs"], hold=REGISTRY[model].hold)
+        v = verdict(rec["epochs"], budget, rec["params"])
         accs = " | ".join(f"{r['test_acc']:.2f}" for r in rec["epochs"])
         lines.append(f"| {rec['seed']} | {accs} | {'held' if v['held'] else 'not held'} |")
     return "\n".join(lines)
 
 
-def verdict_sentence(results: Path, model: str) -> str:
+def hold_sentence(results: Path, model: str) -> str:
     """One plain sentence: did `model` hold the target on each seed?"""
     records = require_records(results, model)
     hold = REGISTRY[model].hold
-    held = [rec["seed"] for rec in records if verdict(rec["epochs"], hold=hold)["held"]]
+    verdicts = {rec["seed"]: verdict(rec["epochs"], Budget(hold=hold), rec["params"]) for rec in records}
+    held = [seed for seed, v in verdicts.items() if v["held"]]
     best = max((r["test_acc"], rec["seed"], r["epoch"]) for rec in records for r in rec["epochs"])
-    reached = [rec["seed"] for rec in records if any(r["test_acc"] >= TARGET for r in rec["epochs"])]
+    reached = [seed for seed, v in verdicts.items() if v["above"]]
     return (
         f"**{model} held >= {TARGET:.2f} % in each of its last {hold} epochs on {len(held)} of {len(records)} "
         f"seeds** ({'seeds ' + ', '.join(map(str, held)) if held else 'none'}); it reached {TARGET:.2f} % in at "
@@ -356,8 +297,8 @@ def search_section(results: Path, model: str, base: str = ".") -> str:
     confirm = require_records(search / "confirm", model)
 
     def val_cells(accs: list[float]) -> str:
-        last = accs[-hold:]
-        return f"{min(last):.2f} | {'held' if min(last) >= TARGET else 'not held'} |"
+        held, last = held_last([{"val_acc": a} for a in accs], TARGET, hold, "val_acc")
+        return f"{min(last):.2f} | {'held' if held else 'not held'} |"
 
     def test_cells(records: list[dict]) -> str:
         held, mean = held_and_mean(records, hold)
@@ -743,8 +684,7 @@ def final_choice(results: Path, base: str = ".") -> str:
     val = load_records(results / "val", final, val=True)
     if val:
         rec = val[0]
-        last = [r["val_acc"] for r in rec["epochs"][-goal.hold:]]
-        held = min(last) >= TARGET
+        held, last = held_last(rec["epochs"], TARGET, goal.hold, "val_acc")
         lines.append(
             f"- **On the validation protocol** (seed {rec['seed']}, trained on the first {TRAIN_IMAGES - rec['val']:,} "
             f"training images, judged on the last {rec['val']:,}: [record]({link(rec['_path'], base)})), {final} "
@@ -823,7 +763,7 @@ OTHER_SEEDS = "other-seeds"  # results/other-seeds/: the role models retrained o
 def other_seeds(results: Path, base: str = ".") -> str:
     """What seeds the roles were not chosen on say: each role model's verdict and mean on those seeds beside
     its verdict on the seeds it was chosen on."""
-    lines = ["| role | model | seeds | held (last K epochs >= 99.40 %) | mean of the last K | lowest of them | "
+    lines = [f"| role | model | seeds | held (last K epochs >= {TARGET:.2f} %) | mean of the last K | lowest of them | "
              "target met |", "|---|---|---|---:|---:|---:|---|"]
     found = False
     for goal in GOALS:
@@ -859,7 +799,7 @@ def section(key: str, results: Path, base: str = ".", text: str = "") -> str:
     if kind == "search":
         return search_section(results, arg, base)
     if kind == "verdict":
-        return verdict_sentence(results, arg)
+        return hold_sentence(results, arg)
     if kind == "models":
         return models_table()
     if kind == "targets":
@@ -1030,8 +970,6 @@ def folder_table(results: Path, folders: set[str] | None = None) -> list[str]:
     """The seed table with verdicts against each record's budget of the records under `results` (only the
     folders in `folders`, if given), with notes on runs made on a slice: what `report --out` and `sweep` show.
     A run without a test set shows its validation accuracy and is not judged."""
-    from .run import verdict
-
     by_model = {k: v for k, v in _folder_records(results).items() if folders is None or k in folders}
     lines = ["| model | params | seeds | held | mean of the last K | lowest of them | "
              "budget | verdict |", "|---|---:|---|---:|---:|---:|---|---|"]
