@@ -9,8 +9,8 @@ import pytest
 PACKAGE = Path(__file__).resolve().parents[1] / "src" / "tinymnist"
 # the path, in order; a module may import only those before it
 ORDER = ["errors", "files", "data", "recipes", "judge", "augment", "ghost", "nets", "model", "fast", "runtime",
-         "engine", "records", "run", "summary", "figures", "predict", "export", "bench", "report", "serve", "sweep",
-         "search", "cli", "__main__"]
+         "engine", "records", "run", "summary", "figures", "predict", "export", "bench", "report", "ship", "serve",
+         "sweep", "search", "cli", "__main__"]
 
 
 def internal_imports(path: Path) -> set[str]:

@@ -508,6 +508,7 @@ def _save_bench(args, res: dict) -> None:
 
 def cmd_report(args) -> None:
     from .records import WEIGHTS_DIR
+    from .ship import ship_weights
 
     results = Path(args.results)
     if args.out:  # a standalone report of any folder of records; the project's docs stay as they are
@@ -524,7 +525,7 @@ def cmd_report(args) -> None:
                          "(run `tinymnist report`)")
     print(f"{', '.join(changed)}: updated" if changed else f"{len(pages)} pages up to date")
     if not args.check:
-        for path in report.ship_weights(results, WEIGHTS_DIR):
+        for path in ship_weights(results, WEIGHTS_DIR):
             print(f"shipped {path}")
         if not args.no_figures:
             for path in report.draw_figures(results, Path(args.figures), args.data_dir):
