@@ -25,7 +25,7 @@ _API = {
     "Runtime": "runtime", "default_runtime": "runtime",
     "fit": "engine", "evaluate": "engine", "set_seed": "engine", "pick_device": "engine",
     "save_checkpoint": "records", "load_checkpoint": "records",
-    "Budget": "run", "train_seed": "run",
+    "Budget": "judge", "train_seed": "run",
     "summary_dict": "summary", "format_summary": "summary",
     "TinyMnistError": "errors",
 }

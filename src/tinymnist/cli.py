@@ -221,7 +221,8 @@ def _recipe(entry: Entry, args) -> tuple[Recipe, str]:
 
 
 def cmd_train(args) -> None:
-    from .run import Budget, train_seed, verdict
+    from .judge import Budget, verdict
+    from .run import train_seed
 
     git_commit()  # now, before anything can change the checkout under a long run
     entry = _entry(args.model, args, args.max_params)
@@ -270,7 +271,7 @@ def _scale_options(args, default_threads: int) -> tuple[int, int]:
 
 def cmd_sweep(args) -> None:
     """Every (model, seed, setting) as a Ray task; records land in --out on this machine."""
-    from .run import Budget
+    from .judge import Budget
     from .sweep import Run, import_ray, parse_grid, plan, seeds_table, sweep
 
     import_ray()  # before any work: without Ray, one line saying how to install it
@@ -296,7 +297,7 @@ def cmd_sweep(args) -> None:
 
 def cmd_search(args) -> None:
     """A recipe search on the validation split; the best recipe becomes a TOML recipe file."""
-    from .run import Budget
+    from .judge import Budget
     from .search import check_recipe_fields, import_optuna, load_space, main_line, search, write_best
     from .sweep import import_ray
 
@@ -509,6 +510,7 @@ def _save_bench(args, res: dict) -> None:
 
 def cmd_report(args) -> None:
     from .records import WEIGHTS_DIR
+    from .ship import ship_weights
 
     results = Path(args.results)
     if args.out:  # a standalone report of any folder of records; the project's docs stay as they are
@@ -525,7 +527,7 @@ def cmd_report(args) -> None:
                          "(run `tinymnist report`)")
     print(f"{', '.join(changed)}: updated" if changed else f"{len(pages)} pages up to date")
     if not args.check:
-        for path in report.ship_weights(results, WEIGHTS_DIR):
+        for path in ship_weights(results, WEIGHTS_DIR):
             print(f"shipped {path}")
         if not args.no_figures:
             for path in report.draw_figures(results, Path(args.figures), args.data_dir):

@@ -27,10 +27,9 @@ from torch import nn
 
 from .data import preprocess
 from .errors import TinyMnistError
+from .judge import HOLD, TINY_HOLD, BudgetError, check_param_budget  # noqa: F401 (BudgetError: the API's)
 from .nets import early_pool_net, late_pool_net, pool_first_net, reference_net, wide_net
 from .recipes import Recipe, RecipeError, get_recipe
-
-TARGET = 99.40  # test accuracy (%) to hold in each of the last `hold` epochs
 
 
 class UnknownModelError(TinyMnistError):
@@ -45,15 +44,6 @@ class UserNetworkError(ModelCodeError):
     """The user's network failed while it ran (raised, or returned something else than class scores)."""
 
 
-class BudgetError(TinyMnistError):
-    pass
-
-
-def check_param_budget(name: str, params: int, max_params: int | None) -> None:
-    if max_params is not None and params > max_params:
-        raise BudgetError(f"{name} has {params:,} parameters, over the budget of {max_params:,} (--max-params)")
-
-
 @dataclass(frozen=True)
 class Entry:
     name: str
@@ -61,7 +51,7 @@ class Entry:
     args: dict[str, Any]  # its arguments
     recipe_name: str  # a key of recipes.RECIPES
     target: str  # what this step set out to do, in one line
-    hold: int = 5  # the target: test accuracy >= TARGET in each of the last `hold` epochs
+    hold: int = HOLD  # its target: test accuracy >= judge.TARGET in each of the last `hold` epochs
     source: dict[str, Any] | None = None  # a user's network: {"ref", "sha256", "args"}, kept in records
 
     @property
@@ -115,7 +105,7 @@ class Entry:
 
 
 # the tiny models hold over the last 3 epochs with under 4,000 parameters (steps 8 and 12 to 21)
-TINY = dict(hold=3)
+TINY = dict(hold=TINY_HOLD)
 EARLY = (8, 12, 16, 16, 16)  # Model_9's channels
 SEPARABLE = dict(block="separable")
 

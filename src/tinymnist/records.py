@@ -28,6 +28,7 @@ from torch import nn
 
 from .errors import TinyMnistError
 from .files import atomic_write_bytes, describe_missing, write_failure
+from .judge import is_percent
 from .model import REGISTRY, ROLES, Entry, UnknownModelError, get_entry
 from .recipes import RUNTIME_FIELDS, Recipe
 
@@ -465,10 +466,6 @@ def _finite_float(text: str) -> float:
     if not math.isfinite(x):  # 1e400 parses as infinity
         raise ValueError(f"{text[:20]} is too large a number")
     return x
-
-
-def is_percent(x) -> bool:
-    return _finite_number(x) and 0 <= x <= 100
 
 
 def _whole(low: int):

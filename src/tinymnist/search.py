@@ -20,10 +20,10 @@ from pathlib import Path
 
 from .errors import TinyMnistError
 from .files import atomic_write_bytes
+from .judge import Budget
 from .model import Entry, count_params
 from .recipes import FLOAT32_MAX, MAX_INT, MILD, Augment, Recipe, RecipeError, read_toml, recipe_to_toml, shown
 from .records import write_json
-from .run import Budget
 from .runtime import Runtime
 from .sweep import INSTALL, ScaleError, _board_class, make_job, ray_session, submit
 

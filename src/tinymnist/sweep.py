@@ -31,6 +31,7 @@ import torch
 from .data import CHECKSUMS, load_mnist
 from .errors import TinyMnistError
 from .files import atomic_write_bytes
+from .judge import Budget, verdict
 from .model import Entry, resolve
 from .recipes import Recipe, apply_settings
 from .records import (
@@ -44,7 +45,7 @@ from .records import (
     write_json,
 )
 from .report import folder_table
-from .run import Budget, train_seed, verdict
+from .run import train_seed
 from .runtime import Runtime
 
 INSTALL = "pip install 'tinymnist[scale]'"
@@ -176,7 +177,7 @@ def _board_class(ray):
             if stop:
                 self.stopped.add(key)
 
-        def verdict(self, key, epoch):
+        def pruned(self, key, epoch):
             """None until the driver has judged `epoch`; then whether to stop."""
             return key in self.stopped if self.judged.get(key, 0) >= epoch else None
 
@@ -261,7 +262,7 @@ def run_job(job: Job, board) -> dict:
                 stop = ray.get(board.epoch.remote(job.key, row, data))
                 if job.judged:  # a search's trial waits for the pruner's verdict on this epoch (bounded: a lost driver)
                     deadline = time.monotonic() + JUDGE_TIMEOUT
-                    while (stop := ray.get(board.verdict.remote(job.key, row["epoch"]))) is None and \
+                    while (stop := ray.get(board.pruned.remote(job.key, row["epoch"]))) is None and \
                             time.monotonic() < deadline:
                         time.sleep(0.02)
                 if stop:
