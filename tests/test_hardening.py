@@ -22,7 +22,7 @@ import pytest
 import torch
 from PIL import Image
 
-from conftest import ROOT, run_cli, write_fake_mnist
+from conftest import ROOT, maps, run_cli, wait_for_proc, write_fake_mnist
 from tinymnist import cli
 from tinymnist.cli import main, seed_list
 from tinymnist.data import DataError, load_mnist, parse_idx
@@ -549,9 +549,11 @@ def test_batch_of_one_for_batchnorm_is_refused_before_training(tmp_path, capsys,
 
 @pytest.mark.parametrize("sig, code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
 def test_signal_during_imports_is_one_line(sig, code):
+    pytest.importorskip("numpy")
     proc = subprocess.Popen([sys.executable, "-m", "tinymnist", "models"], cwd=ROOT, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True)
-    time.sleep(0.4)  # importing torch takes longer than this
+    # the moment the signal was lost (issue 26): torch's import initialising numpy, inside torch's C++ code
+    assert wait_for_proc(proc, maps("_multiarray_umath")), "the process ended before it imported numpy"
     proc.send_signal(sig)
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == code and one_line(err) == "tinymnist: interrupted", err

@@ -8,9 +8,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import signal
 import sys
-import threading
 from pathlib import Path
 
 import torch
@@ -18,7 +16,7 @@ import torch
 from . import report
 from .data import load_mnist
 from .engine import evaluate, pick_device
-from .errors import TinyMnistError, interrupted, on_sigterm
+from .errors import TinyMnistError, install_handlers, interrupted, interruption, received, restore_handlers
 from .files import check_target, check_writable
 from .model import REGISTRY, Entry, count_params, create_model, get_entry, resolve, resolve_name
 from .recipes import RECIPES, Recipe, apply_settings, format_recipe, get_recipe, load_recipe_file
@@ -742,13 +740,13 @@ def _data_args(s: argparse.ArgumentParser) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    # called without __main__'s `run` (an old console script, or in-process): handle SIGTERM while we run
-    own = signal.getsignal(signal.SIGTERM) is signal.SIG_DFL and threading.current_thread() is threading.main_thread()
-    if own:
-        signal.signal(signal.SIGTERM, on_sigterm)
+    # without __main__'s `run` (in-process, an old console script) the handlers are installed here, and restored
+    previous = install_handlers()
     try:
         args = build_parser().parse_args(argv)
         args.func(args)
+        if received() is not None:  # a command (or a library) swallowed the interruption: it is one all the same
+            raise interruption(received())
     except TinyMnistError as e:  # bad input; anything else is a bug and keeps its traceback
         print(f"tinymnist: error: {e}" if not str(e).startswith("tinymnist") else f"{e}", file=sys.stderr)
         return 2
@@ -759,6 +757,5 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     finally:
         release_locks()
-        if own:
-            signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        restore_handlers(previous)
     return 0
