@@ -268,9 +268,11 @@ def _scale_options(args, default_threads: int) -> tuple[int, int]:
 def cmd_sweep(args) -> None:
     """Every (model, seed, setting) as a Ray task; records land in --out on this machine."""
     from .run import Budget
-    from .sweep import Run, import_ray, parse_grid, plan, seeds_table, sweep
+    from .sweep import Run, import_ray, parse_address, parse_grid, plan, seeds_table, sweep
 
     import_ray()  # before any work: without Ray, one line saying how to install it
+    if args.address:
+        parse_address(args.address)
     grid = parse_grid(args.set)
     args.set = [f"{k}={vs[0]}" for k, vs in grid if len(vs) == 1]  # single values: part of every run's recipe
     models = [(entry, _recipe(entry, args)[0]) for entry in (_entry(ref, args) for ref in args.models)]
@@ -293,16 +295,19 @@ def cmd_sweep(args) -> None:
 def cmd_search(args) -> None:
     """A recipe search on the validation split; the best recipe becomes a TOML recipe file."""
     from .run import Budget
-    from .search import check_recipe_fields, import_optuna, load_space, main_line, search, write_best
-    from .sweep import import_ray
+    from .search import check_epochs, check_recipe_fields, import_optuna, load_space, main_line, search, write_best
+    from .sweep import import_ray, parse_address
 
     import_ray()
     import_optuna()
+    if args.address:
+        parse_address(args.address)
     space = load_space(args.space)
     check_recipe_fields(space)
     entry = _entry(args.model, args)
     args.epochs = args.lr = args.batch_size = None
     base, _ = _recipe(entry, args)
+    check_epochs(space, base, entry.hold)  # before the study is opened
     out = Path(args.out) if args.out else RESULTS_DIR / "search" / f"{entry.slug}.toml"
     if out.suffix != ".toml":
         raise UsageError(f"--out {out}: the best recipe is a TOML file; name it *.toml")
