@@ -162,7 +162,7 @@ def leftovers(workers_tmp: Path) -> list[Path]:
 @pytest.fixture(scope="module")
 def whole(ray_local, mnist_dir, tmp_path_factory) -> dict:
     out = tmp_path_factory.mktemp("whole")
-    run_sweep(out, mnist_dir, plan([(ENTRY, RECIPE)], [1], GRID))
+    run_sweep(out, mnist_dir, plan([(ENTRY, RECIPE)], [1], GRID)[:2])  # one round of the 2 CPUs
     return records(out)
 
 
@@ -188,7 +188,7 @@ def test_a_killed_board_is_started_again_and_the_sweep_ends(tmp_path, mnist_dir,
     run_sweep(tmp_path, mnist_dir, plan([(ENTRY, RECIPE)], [1], GRID), watch=watch)
     assert len(boards) == 2, "the sweep ended before the test could kill its board"
     assert "was started again" in capsys.readouterr().out
-    assert records(tmp_path) == whole
+    assert {k: v for k, v in records(tmp_path).items() if k in whole} == whole and len(records(tmp_path)) == 3
     # item 14: the two runs in flight (2 CPUs) hold two locks; the third run's folder is made when it starts
     assert max(len(locks) for locks, _ in seen) == 2
     assert seen[0] == (["Model_8+lr=0.05/seed1.lock", "Model_8+lr=0.1/seed1.lock"], ["Model_8+lr=0.05",
@@ -250,28 +250,14 @@ def test_a_run_lost_every_time_ends_the_sweep_with_one_line(tmp_path, mnist_dir,
 
 
 @pytest.mark.scale
-def test_an_interrupted_sweep_keeps_its_states_and_leaves_no_folders(tmp_path, mnist_dir, ray_local):
-    _, workers_tmp = ray_local
-
-    def interrupt(news):
-        if news.get("0", (None, []))[1]:
-            raise KeyboardInterrupt  # as Ctrl-C does in the driver's loop
-
-    with pytest.raises(KeyboardInterrupt):
-        run_sweep(tmp_path, mnist_dir, plan([(ENTRY, RECIPE)], [1], GRID), watch=interrupt)
-    assert (tmp_path / "Model_8+lr=0.05" / "seed1.state.pt").is_file()  # the last finished epoch
-    assert not list(tmp_path.rglob("*.lock"))
-    assert not leftovers(workers_tmp)  # their workers' temporary folders: state, lock
-
-
-@pytest.mark.scale
 def test_sigterm_then_ctrl_c_during_a_sweep_is_one_line(tmp_path, mnist_dir, ray_local):
-    workers_tmp, out = tmp_path / "tmp", tmp_path / "out"
-    workers_tmp.mkdir()
-    env = {**os.environ, "TMPDIR": str(workers_tmp), "RAY_TMPDIR": tempfile.gettempdir()}
-    proc = subprocess.Popen([sys.executable, "-m", "tinymnist", "sweep", "Model_8", "--seeds", "1-2", "--epochs",
-                             "30", "--limit", "512", "--out", str(out), "--data-dir", str(mnist_dir)], cwd=ROOT,
-                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    # it joins the tests' Ray instance (its workers are warm): ray.init replaces the SIGTERM handler all the same
+    ray, workers_tmp = ray_local
+    out = tmp_path / "out"
+    proc = subprocess.Popen([sys.executable, "-m", "tinymnist", "sweep", "Model_8", "--seeds", "1-3", "--epochs",
+                             "30", "--limit", "256", "--out", str(out), "--data-dir", str(mnist_dir), "--address",
+                             ray.get_runtime_context().gcs_address], cwd=ROOT, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, text=True)
     assert wait_for_proc(proc, lambda pid: any(out.glob("*/seed*.state.pt"))), proc.communicate()[1]
     proc.send_signal(signal.SIGTERM)
     deadline = time.monotonic() + 60
@@ -280,5 +266,5 @@ def test_sigterm_then_ctrl_c_during_a_sweep_is_one_line(tmp_path, mnist_dir, ray
         time.sleep(0.01)
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == 143 and err.strip() == "tinymnist: interrupted", (proc.returncode, err)
-    assert any(out.glob("*/seed*.state.pt")) and not list(out.rglob("*.lock"))
-    assert not leftovers(workers_tmp)
+    assert any(out.glob("*/seed*.state.pt")) and not list(out.rglob("*.lock"))  # the last finished epochs
+    assert not leftovers(workers_tmp)  # their workers' temporary folders (a state, a lock): the tasks were stopped
