@@ -268,3 +268,25 @@ def test_sigterm_then_ctrl_c_during_a_sweep_is_one_line(tmp_path, mnist_dir, ray
     assert proc.returncode == 143 and err.strip() == "tinymnist: interrupted", (proc.returncode, err)
     assert any(out.glob("*/seed*.state.pt")) and not list(out.rglob("*.lock"))  # the last finished epochs
     assert not leftovers(workers_tmp)  # their workers' temporary folders (a state, a lock): the tasks were stopped
+
+
+@pytest.mark.scale
+def test_a_search_outlives_its_board(tmp_path, mnist_dir, ray_local, monkeypatch, capsys):
+    from tinymnist import search as search_module
+
+    ray, _ = ray_local
+    judge = search_module.Trials.judge
+
+    def judge_then_kill(self, news):  # the board killed once the pruner has judged an epoch: its verdicts are lost
+        judge(self, news)
+        if not getattr(self, "killed", False) and any(rows for _, rows, _ in news.values()):
+            self.killed = True
+            ray.kill(self.coordinator.board, no_restart=False)
+
+    monkeypatch.setattr(search_module.Trials, "judge", judge_then_kill)
+    start = time.monotonic()
+    assert main(["search", "Model_8", "--trials", "1", "--val", "256", "--limit", "768", "--set", "epochs=3",
+                 "--data-dir", str(mnist_dir), "--out", str(tmp_path / "best.toml")]) == 0
+    assert time.monotonic() - start < sweep_module.JUDGE_TIMEOUT  # its worker did not wait out a lost verdict
+    out = capsys.readouterr().out
+    assert "was started again" in out and "trial 0: lowest val accuracy of the last 3 epochs" in out

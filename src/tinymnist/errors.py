@@ -68,6 +68,9 @@ def install_handlers() -> dict | None:
 
 
 def restore_handlers(previous: dict | None) -> None:
+    """Puts back the handlers `install_handlers` replaced, and forgets the signals received meanwhile."""
+    if previous is not None:
+        _got["signals"] = set()
     for s, handler in (previous or {}).items():
         signal.signal(s, handler)
 
