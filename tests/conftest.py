@@ -1,7 +1,9 @@
 import gzip
 import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -69,3 +71,31 @@ def run_cli(*args: str, cwd: Path | None = None, env: dict | None = None) -> sub
         [sys.executable, "-m", "tinymnist", *args], capture_output=True, text=True, cwd=cwd or ROOT, env=full_env,
         timeout=600,
     )
+
+
+def wait_for_proc(proc: subprocess.Popen, sign, timeout: float = 120) -> bool:
+    """Waits until `sign(pid)` holds for a running process (it reads /proc/PID/...), polling every millisecond:
+    a sign of where the process is, with no marker in the product. False if the process ended first."""
+    if not Path(f"/proc/{proc.pid}").is_dir():
+        pytest.skip("needs Linux's /proc")
+    deadline = time.monotonic() + timeout
+    while proc.poll() is None and time.monotonic() < deadline:
+        try:
+            if sign(proc.pid):
+                return True
+        except OSError:  # the process is ending
+            pass
+        time.sleep(0.001)
+    return False
+
+
+def handles_sigterm(pid: int) -> bool:
+    """tinymnist's handlers are installed: Python catches SIGINT from its start, SIGTERM only once they are."""
+    status = Path(f"/proc/{pid}/status").read_text()
+    caught = int(next(line for line in status.splitlines() if line.startswith("SigCgt:")).split()[1], 16)
+    return bool(caught >> (signal.SIGTERM - 1) & 1)
+
+
+def maps(name: str):
+    """A sign: the process has mapped a shared library whose path holds `name` (it is importing it)."""
+    return lambda pid: name in Path(f"/proc/{pid}/maps").read_text()

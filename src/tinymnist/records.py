@@ -641,12 +641,19 @@ def lock_run(record: Path) -> None:
     _LOCKS[lock] = fd
 
 
-def release_locks() -> None:
-    for lock, fd in list(_LOCKS.items()):
+def unlock_run(record: Path) -> None:
+    """Releases the lock `lock_run` took for `record`, if this process holds it."""
+    lock = record.with_suffix(".lock")
+    fd = _LOCKS.pop(lock, None)
+    if fd is not None:
         with contextlib.suppress(OSError):
             os.unlink(lock)  # while still held, so no other run can have locked this file
         os.close(fd)
-        del _LOCKS[lock]
+
+
+def release_locks() -> None:
+    for lock in list(_LOCKS):
+        unlock_run(lock)
 
 
 atexit.register(release_locks)
