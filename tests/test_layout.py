@@ -8,9 +8,9 @@ import pytest
 
 PACKAGE = Path(__file__).resolve().parents[1] / "src" / "tinymnist"
 # the path, in order; a module may import only those before it
-ORDER = ["errors", "files", "data", "recipes", "judge", "augment", "ghost", "nets", "model", "fast", "runtime",
-         "engine", "records", "run", "summary", "figures", "predict", "export", "bench", "report", "ship", "serve",
-         "sweep", "search", "cli", "__main__"]
+ORDER = ["errors", "files", "data", "recipes", "judge", "augment", "ghost", "nets", "usernet", "model", "fast",
+         "runtime", "engine", "records", "run", "summary", "figures", "predict", "export", "bench", "report", "ship",
+         "serve", "sweep", "search", "cli", "__main__"]
 # within a subpackage, its own path: a module may import only those before it (its __init__ may import all);
 # a subpackage not named here is placed as one module and its modules import each other freely
 INNER = {

@@ -20,7 +20,7 @@ _API = {
     "load_mnist": "data", "MNIST": "data", "preprocess": "data",
     "Recipe": "recipes", "Augment": "recipes", "RECIPES": "recipes", "get_recipe": "recipes",
     "load_recipe_file": "recipes",
-    "resolve": "model", "create_model": "model", "check_network": "model", "count_params": "model",
+    "resolve": "model", "create_model": "model", "check_network": "usernet", "count_params": "nets",
     "log_probs": "model", "REGISTRY": "model",
     "Runtime": "runtime", "default_runtime": "runtime",
     "fit": "engine", "evaluate": "engine", "set_seed": "engine", "pick_device": "engine",

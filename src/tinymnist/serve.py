@@ -52,10 +52,11 @@ from PIL import Image, ImageDraw
 from torch import nn
 
 from .errors import TinyMnistError
-from .model import REGISTRY, ScoresAsLogProbs, count_params, log_probs, resolve_name
+from .model import REGISTRY, count_params, log_probs, resolve_name
 from .predict import ImageError, ImageTooLarge, fit_mnist, ink, open_grey
 from .records import WEIGHTS_DIR, load_checkpoint, resolve_checkpoint
 from .summary import layer_table
+from .usernet import ScoresAsLogProbs
 
 SHIPPED = ("final", "tiny", "Model_6")  # the models the page offers: the two roles and the reference's last step
 ABOUT = {  # what each role means, for the page's model menu
