@@ -17,6 +17,7 @@ INNER = {
     "fast": ["dropout", "flat", "kernels"],
     "records": ["provenance", "record", "locks", "checkpoints", "states"],
     "report": ["common", "tables", "bench", "sections", "pages", "folder"],
+    "serve": ["request", "models", "server", "loadtest"],
 }
 
 
