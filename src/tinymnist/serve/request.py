@@ -89,7 +89,7 @@ def decode_grey(body: bytes) -> tuple[Image.Image, dict]:
 
 
 def drawn_digit_png(size: int = 280) -> bytes:
-    """A "7" drawn as two strokes on white, as the page's canvas sends it: the load test's request."""
+    """A "7" drawn as two strokes on white, as the page's canvas sends it: the load test's request, and the favicon."""
     img = Image.new("L", (size, size), "white")
     s = size / 280
     ImageDraw.Draw(img).line([(80 * s, 60 * s), (200 * s, 60 * s), (120 * s, 230 * s)], fill=0,
