@@ -3,9 +3,11 @@ import gzip
 import io
 import os
 import random
+import signal
 import subprocess
 import sys
 import tempfile
+import time
 import warnings
 from pathlib import Path
 
@@ -162,3 +164,31 @@ def fails(proc: subprocess.CompletedProcess, fragment: str = "", code: int = 2) 
     line = one_line(proc.stderr)
     assert line.startswith("tinymnist") and fragment in line, line
     return line
+
+
+def wait_for_proc(proc: subprocess.Popen, sign, timeout: float = 120) -> bool:
+    """Waits until `sign(pid)` holds for a running process (it reads /proc/PID/...), polling every millisecond:
+    a sign of where the process is, with no marker in the product. False if the process ended first."""
+    if not Path(f"/proc/{proc.pid}").is_dir():
+        pytest.skip("needs Linux's /proc")
+    deadline = time.monotonic() + timeout
+    while proc.poll() is None and time.monotonic() < deadline:
+        try:
+            if sign(proc.pid):
+                return True
+        except OSError:  # the process is ending
+            pass
+        time.sleep(0.001)
+    return False
+
+
+def handles_sigterm(pid: int) -> bool:
+    """tinymnist's handlers are installed: Python catches SIGINT from its start, SIGTERM only once they are."""
+    status = Path(f"/proc/{pid}/status").read_text()
+    caught = int(next(line for line in status.splitlines() if line.startswith("SigCgt:")).split()[1], 16)
+    return bool(caught >> (signal.SIGTERM - 1) & 1)
+
+
+def maps(name: str):
+    """A sign: the process has mapped a shared library whose path holds `name` (it is importing it)."""
+    return lambda pid: name in Path(f"/proc/{pid}/maps").read_text()

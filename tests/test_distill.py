@@ -12,8 +12,8 @@ from tinymnist.engine import Ensemble, fit, make_teacher, set_seed, training_los
 from tinymnist.model import REGISTRY, ROLES, create_model, log_probs
 from tinymnist.recipes import Recipe, RecipeError
 from tinymnist.records import CheckpointError, load_teachers
-from tinymnist.report import SHIPPED_EXTRA, ReportError, ship_weights
 from tinymnist.runtime import Runtime
+from tinymnist.ship import SHIPPED_EXTRA, ShipError, ship_weights
 
 RESULTS = Path(__file__).resolve().parent.parent / "results"
 TAUGHT = Recipe(epochs=1, batch_size=32, teacher="Model_11", distill=0.9, temperature=2.0)
@@ -143,9 +143,9 @@ def test_ship_weights_ships_the_role_models_and_the_extras_only_and_says_which(t
     assert json.loads((tmp_path / "weights" / f"{ROLES['final']}.json").read_text())["role"] == "final"
     assert json.loads((tmp_path / "weights" / "Model_6.json").read_text())["role"] is None  # an extra, no role
     (results / ROLES["tiny"] / "seed1.pt").unlink()
-    with pytest.raises(ReportError, match=f"no seed-1 checkpoint and record of the tiny model {ROLES['tiny']}"):
+    with pytest.raises(ShipError, match=f"no seed-1 checkpoint and record of the tiny model {ROLES['tiny']}"):
         ship_weights(results, tmp_path / "weights")
     shutil.copyfile(RESULTS / "Model_11" / "seed1.pt", results / ROLES["tiny"] / "seed1.pt")
     (results / "Model_6" / "seed1.pt").unlink()
-    with pytest.raises(ReportError, match="no seed-1 checkpoint and record of Model_6"):
+    with pytest.raises(ShipError, match="no seed-1 checkpoint and record of Model_6"):
         ship_weights(results, tmp_path / "weights")

@@ -125,6 +125,6 @@ def test_git_commit_flags_uncommitted_changes_to_the_package(tmp_path):
 
     (tmp_path / "notes.md").write_text("b\n")  # outside the package
     assert commit() == sha
-    with open(tmp_path / "src" / "tinymnist" / "report.py", "a") as f:
+    with open(tmp_path / "src" / "tinymnist" / "judge.py", "a") as f:
         f.write("# changed\n")
     assert commit() == f"{sha}+dirty"

@@ -3,6 +3,7 @@ from pathlib import Path
 
 import pytest
 
+from tinymnist.judge import Budget, verdict
 from tinymnist.report import (
     GOALS,
     ReportError,
@@ -12,7 +13,6 @@ from tinymnist.report import (
     load_records,
     render_readme,
     roles_from_records,
-    verdict,
 )
 
 
@@ -38,7 +38,7 @@ def test_epoch_ranges():
     ],
 )
 def test_verdict_needs_every_one_of_the_last_epochs(accs, hold, held):
-    v = verdict(history(accs), hold=hold)
+    v = verdict(history(accs), Budget(hold=hold), 1)
     assert v["held"] is held
     assert ("target MET" in v["text"]) is held
 

@@ -1,7 +1,7 @@
 """Issue 26, items 2, 5, 13 and 14 (report side): `report` gives a report of any folder a user's runs can make
 (one epoch, two, no test columns, one seed, mixed budgets), reads every record through one validating reader
 (`records.load_record`: types, finite values in range, required fields, bounded size and nesting), judges
-nothing it cannot judge (`run.held_last`), and writes its pages and figures atomically, only onto files.
+nothing it cannot judge (`judge.held_last`), and writes its pages and figures atomically, only onto files.
 
 The records come from real (tiny) runs on a small fake MNIST, then are damaged on purpose.
 """
@@ -16,10 +16,10 @@ from pathlib import Path
 import pytest
 
 from conftest import ROOT, cli, fails, one_line
+from tinymnist.judge import Budget, VerdictError, held_last, verdict
 from tinymnist.model import ROLES
 from tinymnist.records import MAX_RECORD_BYTES, CheckpointError, load_record
 from tinymnist.report import ReportError, bench_tables, folder_table, load_records, load_search_record
-from tinymnist.run import Budget, VerdictError, held_last, verdict
 
 FAST = ["--device", "cpu", "--quiet", "--threads", "1"]
 

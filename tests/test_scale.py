@@ -75,9 +75,9 @@ def test_a_sweep_writes_trains_records_and_skips_them_after(tmp_path, mnist_dir,
 
 
 def test_a_killed_worker_is_retried_and_its_run_continues(tmp_path, mnist_dir, ray_local):
+    from tinymnist.judge import Budget
     from tinymnist.model import get_entry
     from tinymnist.recipes import apply_settings
-    from tinymnist.run import Budget
     from tinymnist.runtime import default_runtime
     from tinymnist.sweep import Run, sweep
 

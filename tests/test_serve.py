@@ -20,10 +20,10 @@ import torch
 from PIL import Image, ImageDraw
 
 from conftest import ROOT
-from tinymnist import serve
+from tinymnist import predict, serve
 from tinymnist.cli import main
 from tinymnist.predict import classify, to_mnist
-from tinymnist.records import load_checkpoint
+from tinymnist.records import load_checkpoint, resolve_checkpoint
 
 
 @pytest.fixture(scope="module")
@@ -235,7 +235,7 @@ def test_inputs_unlike_one_digit_are_said_so_not_answered_with_confidence(server
                         "application/json")[1]  # the model's 28x28 view, sent back, is one digit too
         assert again["doubt"] is None
     probs = torch.tensor([0.05, 0.5, 0.4] + [0.05 / 7] * 7)
-    image = serve.fit_mnist(serve.ink(Image.open(io.BytesIO(digit_png(ONE))).convert("L")))
+    image = predict.fit_mnist(predict.ink(Image.open(io.BytesIO(digit_png(ONE))).convert("L")))
     assert serve.doubt(image.float(), image, probs) == {"kind": "unsure", "message": "not sure: 1 (50 %) or 2 (40 %)"}
 
 
@@ -293,7 +293,7 @@ def _raw(srv, data: bytes, timeout: float = 10) -> bytes:
 
 
 def test_a_body_that_stops_coming_is_answered_408_in_time(server, monkeypatch):
-    monkeypatch.setattr(serve, "BODY_SECONDS", 0.5)
+    monkeypatch.setattr(serve.server, "BODY_SECONDS", 0.5)  # where the handler reads it
     start = time.monotonic()
     answer = _raw(server, b"POST /api/predict HTTP/1.1\r\nContent-Type: image/png\r\nContent-Length: 5000\r\n\r\n"
                   b"\x89PNG")
@@ -349,8 +349,8 @@ class Held:
 
 
 def test_work_is_bounded_and_a_request_beyond_it_is_told_to_come_back(server, monkeypatch):
-    monkeypatch.setattr(serve, "WORKERS", 1)
-    monkeypatch.setattr(serve, "QUEUE_SECONDS", 0.2)
+    monkeypatch.setattr(serve.server, "WORKERS", 1)  # where the server reads them
+    monkeypatch.setattr(serve.server, "QUEUE_SECONDS", 0.2)
     srv = serve.make_server(server.models, server.default, "127.0.0.1", 0)  # the same models, other bounds
     threading.Thread(target=srv.serve_forever, daemon=True).start()
     try:
@@ -372,7 +372,7 @@ def test_work_is_bounded_and_a_request_beyond_it_is_told_to_come_back(server, mo
 def test_connections_are_bounded(server, monkeypatch):
     import socket
 
-    monkeypatch.setattr(serve, "MAX_CONNECTIONS", 2)
+    monkeypatch.setattr(serve.server, "MAX_CONNECTIONS", 2)  # where the server reads it
     srv = serve.make_server(server.models, server.default, "127.0.0.1", 0)  # the same models, other bounds
     threading.Thread(target=srv.serve_forever, daemon=True).start()
     try:
@@ -428,7 +428,7 @@ def test_load_on_loopback_no_errors_no_request_lost(server):
 
 
 def test_the_cli_serves_the_shipped_models_and_a_checkpoint_file(tmp_path):
-    shutil.copyfile(serve.resolve_checkpoint("tiny"), tmp_path / "mine.pt")
+    shutil.copyfile(resolve_checkpoint("tiny"), tmp_path / "mine.pt")
     models, default = serve.load_models(str(tmp_path / "mine.pt"))
     assert default == "mine.pt" and list(models) == ["final", "tiny", "Model_6", "mine.pt"]
     assert models["mine.pt"].info["source"] == "checkpoint mine.pt" and models["mine.pt"].info["test_acc"] is None

@@ -8,9 +8,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import signal
 import sys
-import threading
 import traceback
 from pathlib import Path
 
@@ -19,7 +17,7 @@ import torch
 from . import report
 from .data import load_mnist
 from .engine import evaluate, pick_device
-from .errors import TinyMnistError, interrupted, on_sigterm
+from .errors import TinyMnistError, install_handlers, interrupted, interruption, received, restore_handlers
 from .files import check_target, check_writable
 from .model import REGISTRY, Entry, create_model, get_entry, resolve, resolve_name
 from .recipes import MAX_INT, RECIPES, Recipe, apply_settings, format_recipe, get_recipe, load_recipe_file
@@ -221,7 +219,8 @@ def _recipe(entry: Entry, args) -> tuple[Recipe, str]:
 
 
 def cmd_train(args) -> None:
-    from .run import Budget, train_seed, verdict
+    from .judge import Budget, verdict
+    from .run import train_seed
 
     git_commit()  # now, before anything can change the checkout under a long run
     entry = _entry(args.model, args, args.max_params)
@@ -270,10 +269,12 @@ def _scale_options(args, default_threads: int) -> tuple[int, int]:
 
 def cmd_sweep(args) -> None:
     """Every (model, seed, setting) as a Ray task; records land in --out on this machine."""
-    from .run import Budget
-    from .sweep import Run, import_ray, parse_grid, plan, seeds_table, sweep
+    from .judge import Budget
+    from .sweep import Run, import_ray, parse_address, parse_grid, plan, seeds_table, sweep
 
     import_ray()  # before any work: without Ray, one line saying how to install it
+    if args.address:
+        parse_address(args.address)
     grid = parse_grid(args.set)
     args.set = [f"{k}={vs[0]}" for k, vs in grid if len(vs) == 1]  # single values: part of every run's recipe
     models = [(entry, _recipe(entry, args)[0]) for entry in (_entry(ref, args, args.max_params)
@@ -296,17 +297,20 @@ def cmd_sweep(args) -> None:
 
 def cmd_search(args) -> None:
     """A recipe search on the validation split; the best recipe becomes a TOML recipe file."""
-    from .run import Budget
-    from .search import check_recipe_fields, import_optuna, load_space, main_line, search, write_best
-    from .sweep import import_ray
+    from .judge import Budget
+    from .search import check_epochs, check_recipe_fields, import_optuna, load_space, main_line, search, write_best
+    from .sweep import import_ray, parse_address
 
     import_ray()
     import_optuna()
+    if args.address:
+        parse_address(args.address)
     space = load_space(args.space)
     check_recipe_fields(space)
     entry = _entry(args.model, args, args.max_params)
     args.epochs = args.lr = args.batch_size = None
     base, _ = _recipe(entry, args)
+    check_epochs(space, base, entry.hold)  # before the study is opened
     out = Path(args.out) if args.out else RESULTS_DIR / "search" / f"{entry.slug}.toml"
     if out.suffix != ".toml":
         raise UsageError(f"--out {out}: the best recipe is a TOML file; name it *.toml")
@@ -509,6 +513,7 @@ def _save_bench(args, res: dict) -> None:
 
 def cmd_report(args) -> None:
     from .records import WEIGHTS_DIR
+    from .ship import ship_weights
 
     results = Path(args.results)
     if args.out:  # a standalone report of any folder of records; the project's docs stay as they are
@@ -525,7 +530,7 @@ def cmd_report(args) -> None:
                          "(run `tinymnist report`)")
     print(f"{', '.join(changed)}: updated" if changed else f"{len(pages)} pages up to date")
     if not args.check:
-        for path in report.ship_weights(results, WEIGHTS_DIR):
+        for path in ship_weights(results, WEIGHTS_DIR):
             print(f"shipped {path}")
         if not args.no_figures:
             for path in report.draw_figures(results, Path(args.figures), args.data_dir):
@@ -749,13 +754,13 @@ def _data_args(s: argparse.ArgumentParser) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    # called without __main__'s `run` (an old console script, or in-process): handle SIGTERM while we run
-    own = signal.getsignal(signal.SIGTERM) is signal.SIG_DFL and threading.current_thread() is threading.main_thread()
-    if own:
-        signal.signal(signal.SIGTERM, on_sigterm)
+    # without __main__'s `run` (in-process, an old console script) the handlers are installed here, and restored
+    previous = install_handlers()
     try:
         args = build_parser().parse_args(argv)
         args.func(args)
+        if received() is not None:  # a command (or a library) swallowed the interruption: it is one all the same
+            raise interruption(received())
     except TinyMnistError as e:  # bad input; anything else is a bug and keeps its traceback
         if os.environ.get("TINYMNIST_DEBUG"):  # e.g. the traceback of the user's network that failed
             traceback.print_exception(e)
@@ -768,6 +773,5 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     finally:
         release_locks()
-        if own:
-            signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        restore_handlers(previous)
     return 0

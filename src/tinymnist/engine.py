@@ -22,9 +22,10 @@ from torch import nn
 from .augment import augment_batch
 from .data import MNIST, standardise, to_unit
 from .errors import TinyMnistError
-from .model import forward, log_probs
+from .model import log_probs
 from .recipes import Augment, Recipe, lr_at
 from .runtime import Runtime, apply, optimizer_parameters, weight_average
+from .usernet import forward
 
 PLAIN = Runtime()  # PyTorch's own operations: the default where a runtime is not given
 

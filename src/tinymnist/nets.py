@@ -1,4 +1,5 @@
-"""The few parameterised networks behind every registered model, and the blocks they are built from.
+"""The few parameterised networks behind every registered model, the blocks they are built from, and counting a
+network's trainable parameters.
 
 Each network is an `nn.Sequential` of named blocks (so `summary.py` can walk it block by block and the state
 dict keys read `conv1.0.weight`); its arguments are plain values, so a registry entry or a record can name
@@ -176,3 +177,8 @@ def pool_first_net(channels: tuple[int, ...] = (8, 12, 16, 16, 16)) -> nn.Sequen
 
 
 NETWORKS = {f.__name__: f for f in (wide_net, reference_net, late_pool_net, early_pool_net, pool_first_net)}
+
+
+def count_params(model: nn.Module) -> int:
+    """A network's trainable parameters."""
+    return sum(p.numel() for p in model.parameters() if p.requires_grad)

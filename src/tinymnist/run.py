@@ -8,7 +8,6 @@ each epoch until it ends, `.state.pt` (what `--resume` continues from).
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
@@ -17,12 +16,12 @@ from torch import nn
 from .data import MNIST
 from .engine import Diverged, fit, set_seed
 from .errors import TinyMnistError
-from .model import TARGET, BudgetError, Entry, check_param_budget, count_params
+from .judge import Budget
+from .model import Entry, count_params
 from .recipes import Recipe
 from .records import (
     check_finished,
     git_commit,
-    is_percent,
     load_state,
     lock_run,
     record_path,
@@ -35,60 +34,6 @@ from .runtime import Runtime
 
 class RunError(TinyMnistError):
     pass
-
-
-@dataclass(frozen=True)
-class Budget:
-    """What a run may spend, and the target it is judged by: >= `target` % test accuracy in each of the last
-    `hold` epochs, with at most `max_params` parameters and `max_epochs` epochs (None: no limit)."""
-
-    max_params: int | None = None
-    max_epochs: int | None = None
-    target: float = TARGET
-    hold: int = 5
-
-    def check(self, name: str, params: int, epochs: int) -> None:
-        """Refuses a run over budget before it trains."""
-        check_param_budget(name, params, self.max_params)
-        if self.max_epochs is not None and epochs > self.max_epochs:
-            raise BudgetError(f"the recipe trains {epochs} epochs, over the budget of {self.max_epochs} (--max-epochs)")
-
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-
-class VerdictError(TinyMnistError):
-    pass
-
-
-def held_last(history: list[dict], target: float, hold: int) -> tuple[bool, list[float]]:
-    """Whether the test accuracy stayed >= `target` in each of the last `hold` epochs, and those accuracies.
-
-    Every verdict comes through here, so here it refuses what cannot be judged: NaN compares false, so `min`
-    steps over it and the run "held"; an accuracy above 100 is no accuracy; a `hold` below 1 slices the wrong
-    epochs (`accs[-0:]` is all of them, `accs[2:]` for -2)."""
-    if not (isinstance(hold, int) and not isinstance(hold, bool) and hold >= 1):
-        raise VerdictError(f"cannot judge the last {hold!r} epochs: the hold must be a whole number >= 1")
-    if not is_percent(target):
-        raise VerdictError(f"cannot judge against a target of {target!r}: not a percentage from 0 to 100")
-    accs = [row.get("test_acc") if isinstance(row, dict) else None for row in history]
-    bad = next((i for i, a in enumerate(accs, 1) if not is_percent(a)), None)
-    if bad is not None:
-        raise VerdictError(f"cannot judge a test accuracy of {accs[bad - 1]!r} (epoch {bad}): not a percentage "
-                           "from 0 to 100")
-    last = accs[-hold:]
-    return len(accs) >= hold and min(last) >= target, last
-
-
-def verdict(history: list[dict], budget: Budget, params: int) -> dict:
-    """Whether a run met its target within its budget, with a line that says so."""
-    held, last = held_last(history, budget.target, budget.hold)
-    within = (budget.max_params is None or params <= budget.max_params) and (
-        budget.max_epochs is None or len(history) <= budget.max_epochs)
-    text = (f"target {'MET' if held and within else 'NOT MET'}: test accuracy >= {budget.target:.2f}% in each of "
-            f"the last {budget.hold} epochs (last {len(last)}: "
-            f"{', '.join(f'{a:.2f}' for a in last)})" + ("" if within else ", and over budget"))
-    return {"held": held, "within_budget": within, "text": text}
 
 
 def make_record(entry: Entry, params: int, seed: int, recipe: Recipe, runtime: Runtime, history: list[dict],

@@ -15,17 +15,17 @@ import math
 import time
 import warnings
 from collections.abc import Callable
-from dataclasses import fields, replace
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 
-from .errors import TinyMnistError
+from .errors import TinyMnistError, held_signals
 from .files import atomic_write_bytes
+from .judge import Budget
 from .model import Entry, count_params
 from .recipes import FLOAT32_MAX, MAX_INT, MILD, Augment, Recipe, RecipeError, read_toml, recipe_to_toml, shown
 from .records import write_json
-from .run import Budget
 from .runtime import Runtime
-from .sweep import INSTALL, ScaleError, _board_class, make_job, ray_session, submit
+from .sweep import INSTALL, Coordinator, ScaleError, lost, make_job, ray_session, stop_tasks, submit
 
 SPACE_FILE = Path(__file__).resolve().parent / "space.toml"
 AUGMENT_SCALE = "augment_scale"  # multiplies the augmentation's strength (rotation, translation, shear, zoom range)
@@ -38,7 +38,8 @@ class SearchError(TinyMnistError):
 
 def import_optuna():
     try:
-        import optuna
+        with held_signals():  # its database drivers' native parts: a Ctrl-C inside them would be lost
+            import optuna
     except ImportError:
         raise ScaleError(f"search runs on Optuna and Ray, which are not installed: {INSTALL}") from None
     optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -157,10 +158,22 @@ def objective(rows: list[dict], hold: int) -> float | None:
     return min(r["val_acc"] for r in rows[-hold:]) if len(rows) >= hold else None
 
 
+def check_epochs(space: dict, base: Recipe, hold: int) -> None:
+    """The objective needs `hold` epochs: refuses a recipe (or a space) that trains fewer, before any trial."""
+    spec = space.get("epochs")
+    values = [base.epochs] if spec is None else spec.get("choices", [spec.get("low")])
+    fewest = min((v for v in values if isinstance(v, int | float)), default=hold)
+    if fewest < hold:
+        where = "the recipe trains" if spec is None else "the search space allows"
+        raise SearchError(f"{where} {fewest} epoch{'s' * (fewest != 1)}, fewer than the {hold} whose lowest "
+                          f"validation accuracy is the objective; use at least {hold} (--set epochs={hold})")
+
+
 def search(entry: Entry, base: Recipe, runtime: Runtime, space: dict, *, trials: int, val: int, storage: str,
            study_name: str, budget: Budget, workers: int, threads: int, address: str | None = None, limit=None,
            data_dir=None, teachers_dir=None, say: Callable[[str], None] = print) -> dict:
     """Runs trials until the study holds `trials` finished ones; returns its summary (best recipe included)."""
+    check_epochs(space, base, budget.hold)
     optuna = import_optuna()
     study = open_study(optuna, storage, study_name, base.epochs)
     finished = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED, optuna.trial.TrialState.FAIL)
@@ -170,58 +183,117 @@ def search(entry: Entry, base: Recipe, runtime: Runtime, space: dict, *, trials:
     todo = max(0, trials - done)
     if todo:
         with ray_session(address, workers * threads) as ray:
-            board = _board_class(ray).remote()
-            pending, running, started, last_beat = {}, {}, 0, time.monotonic()
-            while started < todo or pending:
-                while started < todo and len(pending) < workers:
-                    trial = study.ask()
+            options = dict(limit=limit, val=val, data_dir=data_dir, test=False, teachers_dir=teachers_dir, keep=False,
+                           judged=True)
+            Trials(ray, optuna, study, entry, base, space, runtime, budget, workers, threads, options, say,
+                   heartbeat="://" in storage).run(todo)
+    return summary(optuna, study, entry, val, budget, limit)
+
+
+@dataclass
+class Trials:
+    """The driver's loop of a search: at most `workers` trials in flight; each epoch's validation accuracy handed
+    to the pruner as the board brings it, and its verdict sent back."""
+
+    ray: object
+    optuna: object
+    study: object
+    entry: Entry
+    base: Recipe
+    space: dict
+    runtime: Runtime
+    budget: Budget
+    workers: int
+    threads: int
+    job_options: dict  # `sweep.make_job`'s
+    say: Callable[[str], None]
+    heartbeat: bool  # the storage records the trials' heartbeats (a database, not a journal file)
+    pending: dict = field(default_factory=dict)  # ObjectRef -> key
+    running: dict = field(default_factory=dict)  # key -> [trial, last epoch judged, stop]
+
+    def __post_init__(self):
+        self.coordinator = Coordinator(self.ray, self.resend, self.say)
+
+    def run(self, todo: int) -> None:
+        started, last_beat = 0, time.monotonic()
+        try:
+            while started < todo or self.pending:
+                while started < todo and len(self.pending) < self.workers:
                     started += 1
-                    try:
-                        recipe = trial_recipe(base, suggest(trial, space))
-                        budget.check(entry.name, count_params(entry.build(recipe)), recipe.epochs)
-                    except TinyMnistError as e:
-                        study.tell(trial, state=optuna.trial.TrialState.FAIL)
-                        say(f"trial {trial.number}: failed: {e}")
-                        continue
-                    trial.set_user_attr("recipe", json.loads(json.dumps(recipe.to_dict())))
-                    key = f"trial{trial.number}"
-                    # every trial from seed 1: the recipes are what differ
-                    job = make_job(entry, recipe, runtime, 1, threads, budget, key, limit=limit, val=val,
-                                   data_dir=data_dir, test=False, teachers_dir=teachers_dir, keep=False, judged=True)
-                    pending.update(submit(ray, [job], board, threads))
-                    running[key] = (trial, 0)
-                ready, _ = ray.wait(list(pending), num_returns=1, timeout=1.0)
-                for key, (_, rows, _) in ray.get(board.poll.remote()).items():
-                    if key not in running:
-                        continue
-                    trial, seen = running[key]
-                    for row in rows[seen:]:
-                        trial.report(row["val_acc"], row["epoch"])
-                        ray.get(board.judge.remote(key, row["epoch"], trial.should_prune()))
-                    running[key] = (trial, len(rows))
-                if time.monotonic() - last_beat > 10 and "://" in storage:
-                    for trial, _ in running.values():
-                        study._storage.record_heartbeat(trial._trial_id)
+                    self.start(self.study.ask())
+                if not self.pending:
+                    continue
+                ready, _ = self.ray.wait(list(self.pending), num_returns=1, timeout=1.0)
+                self.judge(self.coordinator.poll())
+                if time.monotonic() - last_beat > 10 and self.heartbeat:
+                    for trial, _, _ in self.running.values():
+                        self.study._storage.record_heartbeat(trial._trial_id)
                     last_beat = time.monotonic()
                 for ref in ready:
-                    job = pending.pop(ref)
-                    trial, _ = running.pop(job.key)
-                    result = ray.get(ref)
-                    rows = ray.get(board.poll.remote()).get(job.key, (None, [], None))[1]
-                    trial.set_user_attr("val_acc", [r["val_acc"] for r in rows])
-                    if result.get("stopped"):
-                        study.tell(trial, state=optuna.trial.TrialState.PRUNED)
-                        say(f"trial {trial.number}: pruned after epoch {len(rows)} (val {rows[-1]['val_acc']:.2f}%)")
-                    elif "error" in result:
-                        trial.set_user_attr("error", result["error"])
-                        study.tell(trial, state=optuna.trial.TrialState.FAIL)
-                        say(f"trial {trial.number}: failed: {result['error']}")
-                    else:
-                        value = objective(result["record"]["epochs"], budget.hold)
-                        study.tell(trial, value)
-                        say(f"trial {trial.number}: lowest val accuracy of the last {budget.hold} epochs "
-                            f"{value:.2f}% ({', '.join(f'{k}={v:.4g}' for k, v in trial.params.items())})")
-    return summary(optuna, study, entry, val, budget, limit)
+                    self.finish(ref)
+        except KeyboardInterrupt:
+            stop_tasks(self.ray, list(self.pending))  # their trials stay running: the next search fails them
+            raise
+        except self.ray.exceptions.RayError as e:
+            if isinstance(e, self.ray.exceptions.RayTaskError):  # a bug, raised again by `finish`
+                raise
+            stop_tasks(self.ray, list(self.pending))
+            raise SearchError(f"{lost(self.ray, e, 'the board of the search')}; the finished trials are in the "
+                              "study, and the same command continues it") from None
+
+    def start(self, trial) -> None:
+        try:
+            recipe = trial_recipe(self.base, suggest(trial, self.space))
+            self.budget.check(self.entry.name, count_params(self.entry.build(recipe)), recipe.epochs)
+        except TinyMnistError as e:
+            self.study.tell(trial, state=self.optuna.trial.TrialState.FAIL)
+            self.say(f"trial {trial.number}: failed: {e}")
+            return
+        trial.set_user_attr("recipe", json.loads(json.dumps(recipe.to_dict())))
+        key = f"trial{trial.number}"
+        # every trial from seed 1: the recipes are what differ
+        job = make_job(self.entry, recipe, self.runtime, 1, self.threads, self.budget, key, **self.job_options)
+        self.pending.update({ref: key for ref in submit(self.ray, [job], self.coordinator.board, self.threads)})
+        self.running[key] = [trial, 0, False]
+
+    def judge(self, news: dict) -> None:
+        for key, (_, rows, _) in news.items():
+            if key not in self.running:
+                continue
+            entry = self.running[key]
+            for row in rows[entry[1]:]:
+                entry[0].report(row["val_acc"], row["epoch"])
+                entry[1], entry[2] = row["epoch"], entry[0].should_prune()
+                self.ray.get(self.coordinator.board.judge.remote(key, row["epoch"], entry[2]))
+
+    def resend(self, board) -> None:
+        """To a restarted board: the verdicts given so far on the trials in flight."""
+        for key, (_, epoch, stop) in self.running.items():
+            if epoch:
+                board.judge.remote(key, epoch, stop)
+
+    def finish(self, ref) -> None:
+        key = self.pending.pop(ref)
+        trial, _, _ = self.running.pop(key)
+        try:
+            result = self.ray.get(ref)
+        except self.ray.exceptions.RayError as e:
+            result = {"error": f"{lost(self.ray, e, 'its worker')}, also when retried"}
+        rows = self.coordinator.rows.get(key, [])
+        self.coordinator.forget(key)
+        trial.set_user_attr("val_acc", [r["val_acc"] for r in rows])
+        if result.get("stopped"):
+            self.study.tell(trial, state=self.optuna.trial.TrialState.PRUNED)
+            self.say(f"trial {trial.number}: pruned after epoch {len(rows)} (val {rows[-1]['val_acc']:.2f}%)")
+        elif "error" in result:
+            trial.set_user_attr("error", result["error"])
+            self.study.tell(trial, state=self.optuna.trial.TrialState.FAIL)
+            self.say(f"trial {trial.number}: failed: {result['error']}")
+        else:
+            value = objective(result["record"]["epochs"], self.budget.hold)
+            self.study.tell(trial, value)
+            self.say(f"trial {trial.number}: lowest val accuracy of the last {self.budget.hold} epochs "
+                     f"{value:.2f}% ({', '.join(f'{k}={v:.4g}' for k, v in trial.params.items())})")
 
 
 def summary(optuna, study, entry: Entry, val: int, budget: Budget, limit) -> dict:

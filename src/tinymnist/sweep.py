@@ -12,14 +12,24 @@ Ray is imported inside the functions: `train`, `eval` and the rest never need it
 
 from __future__ import annotations
 
+import contextlib
+import errno
+import fcntl
+import hashlib
 import itertools
+import math
 import os
 import re
+import shutil
+import signal
 import socket
 import statistics
 import sys
 import tempfile
+import threading
 import time
+import uuid
+from collections import deque
 from collections.abc import Callable
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
@@ -29,11 +39,13 @@ from urllib.parse import urlparse
 import torch
 
 from .data import CHECKSUMS, load_mnist
-from .errors import TinyMnistError
+from .errors import SIGNALS, TinyMnistError, held_signals, on_signal
 from .files import atomic_write_bytes
+from .judge import Budget, verdict
 from .model import Entry, resolve
 from .recipes import Recipe, apply_settings
 from .records import (
+    CheckpointError,
     check_finished,
     load_checkpoint,
     lock_run,
@@ -41,15 +53,19 @@ from .records import (
     release_locks,
     run_identity,
     teacher_files,
+    unlock_run,
     write_json,
 )
 from .report import folder_table
-from .run import Budget, train_seed, verdict
+from .run import train_seed
 from .runtime import Runtime
 
 INSTALL = "pip install 'tinymnist[scale]'"
 CONNECT_TIMEOUT = 10.0  # seconds to reach a cluster's address before saying it cannot be reached
-MAX_RETRIES = 3  # times a task is started again after its worker died
+MAX_RETRIES = 3  # times a task is started again after its worker died (Ray's memory monitor has its own count)
+MAX_RUNS = 100_000  # runs in one sweep: more is a typing mistake, and takes minutes to plan
+MAX_LABEL = 100  # characters of a setting's folder label before it is shortened (a name holds 255 bytes)
+CANCEL_TIMEOUT = 30.0  # seconds an interrupted sweep waits for its runs to stop and remove their temporary folders
 JUDGE_TIMEOUT = 60.0  # seconds a search's trial waits for the pruner's verdict on an epoch before going on
 
 
@@ -59,7 +75,8 @@ class ScaleError(TinyMnistError):
 
 def import_ray():
     try:
-        import ray
+        with held_signals():  # Ray's native start-up: a Ctrl-C inside it would be lost
+            import ray
     except ImportError:
         raise ScaleError(f"sweep and search run on Ray, which is not installed: {INSTALL}") from None
     return ray
@@ -92,28 +109,41 @@ def combinations(grid: list[tuple[str, list[str]]]) -> list[list[str]]:
 
 
 def label(settings: list[str], grid: list[tuple[str, list[str]]]) -> str:
-    """A folder-name label of the settings that vary in the grid ("" when none does): `lr=0.05,ema=0.99`."""
+    """A folder-name label of the settings that vary in the grid ("" when none does): `lr=0.05,ema=0.99`. Text a
+    folder name cannot hold as it is (other characters, or too long) is replaced, and a short hash of the
+    original added, so that two settings never share a folder (full-width digits, say)."""
     varying = {k for k, vs in grid if len(vs) > 1}
-    parts = [s for s in settings if s.partition("=")[0] in varying]
-    return re.sub(r"[^A-Za-z0-9_.=,+-]", "_", ",".join(parts))
+    text = ",".join(s for s in settings if s.partition("=")[0] in varying)
+    safe = re.sub(r"[^A-Za-z0-9_.=,+-]", "_", text)
+    if safe == text and len(text) <= MAX_LABEL:
+        return text
+    return f"{safe[:MAX_LABEL]}+{hashlib.sha256(text.encode()).hexdigest()[:10]}"
 
 
 # --- Ray: start, join, stop ------------------------------------------------------------------------------
 
 
-def check_address(address: str, timeout: float = CONNECT_TIMEOUT) -> None:
-    """Refuses an address whose host does not answer within `timeout`, rather than waiting on Ray's retries."""
+def parse_address(address: str) -> tuple[str, int] | None:
+    """A cluster's address as (host, port), None for "auto" or "local"; one line for anything else."""
     if address in ("auto", "local"):
-        return
-    parsed = urlparse(address if "://" in address else f"ray://{address}")
+        return None
     try:
+        parsed = urlparse(address if "://" in address else f"ray://{address}")
         host, port = parsed.hostname, parsed.port
-    except ValueError:
+    except ValueError:  # "http://[::1": an IPv6 address without its bracket; a port out of range
         host, port = None, None
     if not host or not port:
         raise ScaleError(f"--address {address!r}: expected HOST:PORT of a Ray cluster's head (or ray://HOST:PORT)")
+    return host, port
+
+
+def check_address(address: str, timeout: float = CONNECT_TIMEOUT) -> None:
+    """Refuses an address whose host does not answer within `timeout`, rather than waiting on Ray's retries."""
+    where = parse_address(address)
+    if where is None:
+        return
     try:
-        with socket.create_connection((host, port), timeout=timeout):
+        with socket.create_connection(where, timeout=timeout):
             pass
     except OSError as e:
         raise ScaleError(f"--address {address}: cannot reach the Ray cluster ({e.strerror or e}) within "
@@ -131,43 +161,71 @@ def ray_session(address: str | None, cpus: int):
         yield ray
         return
     quiet = dict(include_dashboard=False, log_to_driver=False, logging_level="ERROR", configure_logging=True)
-    if address:
-        try:
-            ray.init(address=address, log_to_driver=False, logging_level="ERROR")
-        except (ConnectionError, RuntimeError, TimeoutError, ValueError) as e:
-            raise ScaleError(f"--address {address}: cannot join the Ray cluster ({str(e).splitlines()[0]})") from None
-    else:
-        ray.init(num_cpus=cpus, **quiet)
     try:
+        if address:
+            _start(ray, f"--address {address}: cannot join the Ray cluster", address=address, log_to_driver=False,
+                   logging_level="ERROR")
+        else:
+            _start(ray, "cannot start a local Ray instance", num_cpus=cpus, **quiet)
         yield ray
     finally:
-        ray.shutdown()
+        ray.shutdown()  # also after a start-up cut short
+
+
+def _start(ray, failure: str, **options) -> None:
+    """`ray.init`, with Ctrl-C and SIGTERM held while it starts its processes, and our handlers back afterwards:
+    it puts its own on SIGTERM (`sys.exit(15)`, a traceback from its threads) and leaves it there."""
+    main = threading.current_thread() is threading.main_thread()
+    handlers = {s: signal.getsignal(s) for s in SIGNALS} if main else {}
+    try:
+        with held_signals():
+            try:
+                ray.init(**options)
+            except SystemExit as e:  # its handler saw a SIGTERM: ours takes it from here
+                if e.code != signal.SIGTERM:
+                    raise
+                on_signal(signal.SIGTERM, None)
+            except (RuntimeError, ValueError, OSError) as e:  # ConnectionError and TimeoutError among them
+                why = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+                files = isinstance(e, OSError) and e.errno == errno.EMFILE
+                raise ScaleError(f"{failure} ({why}){'; allow more open files (ulimit -n)' * files}") from None
+    finally:
+        for s, handler in handlers.items():
+            signal.signal(s, handler)
 
 
 def _board_class(ray):
-    @ray.remote(num_cpus=0)
+    # Ray restarts it if its process dies (the memory monitor kills actors too) and retries the calls made
+    # meanwhile; it starts empty, and the driver sends back what the runs need (`Coordinator`)
+    @ray.remote(num_cpus=0, max_restarts=-1, max_task_retries=-1)
     class Board:
-        """Beside the driver: the latest resumable state of each run, its worker's pid, its epochs' rows, and
-        the runs told to stop (a search's pruned trials)."""
+        """Beside the driver: the latest resumable state of each run, its worker's pid, its epochs' rows until
+        the driver collects them, and the runs told to stop (a search's pruned trials)."""
 
         def __init__(self):
-            self.states, self.pids, self.rows, self.stopped, self.fresh, self.judged = {}, {}, {}, set(), set(), {}
+            self.born = uuid.uuid4().hex  # a restarted board has another
+            self.states, self.pids, self.rows, self.last, self.stopped, self.judged = {}, {}, {}, {}, set(), {}
+            self.news, self.fresh = set(), set()  # runs with news for the driver; with a new state
 
         def put_state(self, key, data):
-            self.states[key] = data
+            """From the driver: a state it holds, unless a worker has sent a newer one."""
+            self.states.setdefault(key, data)
 
         def get_state(self, key):
             return self.states.get(key)
 
         def started(self, key, pid):
             self.pids[key] = pid
+            self.news.add(key)
 
         def epoch(self, key, row, state):
             """A worker's news after an epoch; returns whether the run is to stop."""
             self.rows.setdefault(key, []).append(row)
+            self.last[key] = row["epoch"]
             if state is not None:
                 self.states[key] = state
                 self.fresh.add(key)
+            self.news.add(key)
             return key in self.stopped
 
         def judge(self, key, epoch, stop):
@@ -176,16 +234,27 @@ def _board_class(ray):
             if stop:
                 self.stopped.add(key)
 
-        def verdict(self, key, epoch):
-            """None until the driver has judged `epoch`; then whether to stop."""
-            return key in self.stopped if self.judged.get(key, 0) >= epoch else None
+        def pruned(self, key, epoch):
+            """None until the driver has judged `epoch`, then whether to stop; "lost" when this board never heard
+            of that epoch (it was restarted since): the worker sends it again."""
+            if self.judged.get(key, 0) >= epoch:
+                return key in self.stopped
+            return None if self.last.get(key, 0) >= epoch else "lost"
+
+        def forget(self, key):
+            """A finished run: the driver has its record."""
+            for table in (self.states, self.pids, self.rows, self.last, self.judged):
+                table.pop(key, None)
+            self.stopped.discard(key)
 
         def poll(self):
-            """{key: (pid, rows, state)}; a state only once after it changed, for the driver to write."""
-            out = {k: (self.pids.get(k), self.rows.get(k, []), self.states[k] if k in self.fresh else None)
-                   for k in set(self.pids) | set(self.rows)}
+            """(born, {key: (pid, rows, state)}) of the runs with news: the rows since the last poll, the state
+            if it came with them."""
+            out = {k: (self.pids.get(k), self.rows.pop(k, []), self.states.get(k) if k in self.fresh else None)
+                   for k in self.news}
+            self.news.clear()
             self.fresh.clear()
-            return out
+            return self.born, out
 
     return Board
 
@@ -239,8 +308,7 @@ def run_job(job: Job, board) -> dict:
 
     torch.set_num_threads(job.threads)
     ray.get(board.started.remote(job.key, os.getpid()))
-    with tempfile.TemporaryDirectory(prefix="tinymnist-") as tmp:
-        tmp = Path(tmp)
+    with run_folder() as tmp:
         try:
             entry = job_entry(job, tmp)
             recipe = Recipe.from_dict(job.recipe)
@@ -259,11 +327,8 @@ def run_job(job: Job, board) -> dict:
             def on_epoch(row, _state):
                 data = path.with_suffix(".state.pt").read_bytes() if job.keep else None
                 stop = ray.get(board.epoch.remote(job.key, row, data))
-                if job.judged:  # a search's trial waits for the pruner's verdict on this epoch (bounded: a lost driver)
-                    deadline = time.monotonic() + JUDGE_TIMEOUT
-                    while (stop := ray.get(board.verdict.remote(job.key, row["epoch"]))) is None and \
-                            time.monotonic() < deadline:
-                        time.sleep(0.02)
+                if job.judged:
+                    stop = _wait_for_verdict(ray, board, job.key, row, data)
                 if stop:
                     raise _Stopped
 
@@ -278,6 +343,61 @@ def run_job(job: Job, board) -> dict:
             release_locks()  # the run's lock in its temporary folder: a worker runs many tasks, one at a time
         ckpt = path.with_suffix(".pt").read_bytes() if job.keep else None
         return {"key": job.key, "record": rec, "checkpoint": ckpt, "slug": entry.slug}
+
+
+def _wait_for_verdict(ray, board, key: str, row: dict, state: bytes | None) -> bool:
+    """A search's trial waits for the pruner's verdict on its epoch, bounded (a lost driver); sent again to a
+    board restarted since."""
+    deadline = time.monotonic() + JUDGE_TIMEOUT
+    while time.monotonic() < deadline:
+        stop = ray.get(board.pruned.remote(key, row["epoch"]))
+        if stop == "lost":
+            ray.get(board.epoch.remote(key, row, state))
+        elif stop is not None:
+            return stop
+        time.sleep(0.02)
+    return False
+
+
+RUN_PREFIX = "tinymnist-run-"
+
+
+@contextmanager
+def run_folder():
+    """A task's temporary folder on its worker, removed when the task ends; and the folders of earlier tasks
+    whose workers were killed (the memory monitor, a sweep stopped), removed now. A folder is in use while its
+    task holds the flock on its `.owner` file, which the system drops when the process dies; it is renamed into
+    view only once locked, so that no other task can take it for abandoned."""
+    root = Path(tempfile.gettempdir())
+    _remove_abandoned(root)
+    new = Path(tempfile.mkdtemp(prefix=".tinymnist-new-", dir=root))
+    fd = os.open(new / ".owner", os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        folder = root / f"{RUN_PREFIX}{new.name.removeprefix('.tinymnist-new-')}"
+        new.rename(folder)
+        try:
+            yield folder
+        finally:
+            shutil.rmtree(folder, ignore_errors=True)
+    finally:
+        os.close(fd)
+        shutil.rmtree(new, ignore_errors=True)  # only if the rename never happened
+
+
+def _remove_abandoned(root: Path) -> None:
+    for folder in root.glob(f"{RUN_PREFIX}*"):
+        try:
+            fd = os.open(folder / ".owner", os.O_RDONLY)
+        except OSError:  # another user's, or not one of ours
+            continue
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:  # in use
+            os.close(fd)
+            continue
+        shutil.rmtree(folder, ignore_errors=True)
+        os.close(fd)
 
 
 def make_job(entry: Entry, recipe: Recipe, runtime: Runtime, seed: int, threads: int, budget: Budget, key: str,
@@ -295,8 +415,9 @@ def make_job(entry: Entry, recipe: Recipe, runtime: Runtime, seed: int, threads:
 
 
 def submit(ray, jobs: list[Job], board, threads: int) -> dict:
-    """Each job as a Ray task of `threads` CPUs, started again (from its last state) if its worker dies."""
-    task = ray.remote(num_cpus=threads, max_retries=MAX_RETRIES)(run_job)
+    """Each job as a Ray task of `threads` CPUs, started again (from its last state) if its worker dies: killed,
+    by Ray's memory monitor too, or by an error of Ray's inside the task (the board out of reach)."""
+    task = ray.remote(num_cpus=threads, max_retries=MAX_RETRIES, retry_exceptions=[ray.exceptions.RayError])(run_job)
     return {task.remote(job, board): job for job in jobs}
 
 
@@ -312,14 +433,202 @@ class Run:
 
 
 def plan(entries: list[tuple[Entry, Recipe]], seeds: list[int], grid: list[tuple[str, list[str]]]) -> list[Run]:
-    """Every (model, setting, seed); each setting validated before anything runs."""
-    runs = []
-    for entry, base in entries:
+    """Every (model, setting, seed); the number of runs bounded before any is planned, each setting validated
+    before anything runs, and each in a folder of its own."""
+    size = len(entries) * math.prod(len(vs) for _, vs in grid) * len(seeds)
+    if size > MAX_RUNS:
+        shape = " x ".join([f"{len(entries)} models", *(f"{len(vs)} {k}" for k, vs in grid), f"{len(seeds)} seeds"])
+        raise ScaleError(f"the sweep would be {size:,} runs ({shape}), more than the {MAX_RUNS:,} one sweep takes; "
+                         "split it into smaller sweeps")
+    runs, owners = [], {}
+    for i, (entry, base) in enumerate(entries):
         for settings in combinations(grid):
             recipe = apply_settings(base, settings)
             tag = label(settings, grid)
-            runs += [Run(entry, recipe, seed, f"{entry.slug}+{tag}" if tag else entry.slug) for seed in seeds]
+            folder = f"{entry.slug}+{tag}" if tag else entry.slug
+            this = (i, " ".join([entry.name, *settings]))
+            other = owners.setdefault(folder.casefold(), this)  # casefold: one folder on macOS or Windows
+            if other != this:
+                raise ScaleError(f"{other[1]} and {this[1]} would write into one folder, {folder}; name each "
+                                 "model and value once")
+            runs += [Run(entry, recipe, seed, folder) for seed in seeds]
     return runs
+
+
+class Coordinator:
+    """The driver's side of the board: its news, with each run's rows gathered here; and, when Ray restarted the
+    board (it starts empty), `resend(board)` gives it back what the runs still need from it."""
+
+    def __init__(self, ray, resend: Callable[[object], None], say: Callable[[str], None]):
+        self.ray, self.resend, self.say = ray, resend, say
+        self.board = _board_class(ray).remote()
+        self.born, self.rows = None, {}
+
+    def poll(self) -> dict:
+        """{key: (pid, the run's rows so far, its new state or None)} of the runs with news."""
+        born, news = self.ray.get(self.board.poll.remote())
+        if self.born not in (None, born):
+            self.say("the board of this command (a Ray actor) died and was started again; the runs go on")
+            self.resend(self.board)
+        self.born = born
+        for key, (_, rows, _) in news.items():
+            known = self.rows.setdefault(key, [])
+            known += [r for r in rows if not known or r["epoch"] > known[-1]["epoch"]]  # a row sent again
+        return {key: (pid, self.rows[key], state) for key, (pid, _, state) in news.items()}
+
+    def forget(self, key: str) -> None:
+        self.rows.pop(key, None)
+        self.board.forget.remote(key)
+
+
+def lost(ray, e: Exception, what: str) -> str:
+    """Why Ray lost `what` (a run, the board), in a line. An error of our own code inside a task is a bug, and
+    is raised again with its traceback."""
+    if isinstance(e, ray.exceptions.RayTaskError):
+        if not isinstance(e.cause, ray.exceptions.RayError):
+            raise e
+        e = e.cause  # raised inside the task by Ray (the board out of reach), retried as a worker's death
+    lines = [line.strip() for line in re.sub(r"\x1b\[[0-9;]*m", "", str(e)).splitlines() if line.strip()]
+    first = f": {lines[0][:200]}" if lines else ""
+    return f"{what} was lost on Ray ({type(e).__name__}{first})"
+
+
+@dataclass
+class _Sweep:
+    """The driver of one sweep: at most `slots` runs in flight, each holding its record's lock (and folder)
+    only while it runs; the states the board gathers written beside the records as they come."""
+
+    ray: object
+    runs: list[Run]
+    out: Path
+    job_of: Callable[[int], Job]
+    slots: int
+    threads: int
+    records: dict
+    run_id: dict  # `records.run_identity`: what a finished record must have been made with
+    watch: Callable[[dict], None] | None
+    bar: object
+    errors: list = field(default_factory=list)
+    pending: dict = field(default_factory=dict)  # ObjectRef -> index of its run
+
+    def __post_init__(self):
+        self.coordinator = Coordinator(self.ray, self.resend, self.bar.write)
+
+    def path(self, i: int) -> Path:
+        return record_path(self.out, self.runs[i].folder, self.runs[i].seed)
+
+    def run(self, todo: list[int]) -> None:
+        queue = deque(todo)
+        try:
+            while queue or self.pending:
+                while queue and len(self.pending) < self.slots:
+                    self.start(queue.popleft())
+                if not self.pending:
+                    continue
+                done, _ = self.ray.wait(list(self.pending), num_returns=1, timeout=0.25)
+                news = self.coordinator.poll()
+                self.write_states(news)
+                if self.watch is not None:
+                    self.watch(news)
+                for ref in done:
+                    self.finish(ref)
+        except KeyboardInterrupt:
+            self.stop()
+            raise
+        except self.ray.exceptions.RayError as e:
+            if isinstance(e, self.ray.exceptions.RayTaskError):  # a bug, raised again by `finish`
+                raise
+            self.stop()
+            raise ScaleError(f"{lost(self.ray, e, 'the board of the sweep')}; the finished runs are "
+                             f"recorded in {self.out}, and the same command continues the others from their last "
+                             "states") from None
+
+    def start(self, i: int) -> None:
+        r, path = self.runs[i], self.path(i)
+        try:
+            lock_run(path)  # a second sweep into the same folder would write the same records
+        except CheckpointError as e:
+            self.fail(i, str(e))
+            return
+        if path.exists():  # another sweep into the same folder recorded it meanwhile
+            self.records[i] = check_finished(path, r.entry.name, r.recipe, self.run_id)
+            self.bar.write(f"{r.folder} seed {r.seed}: already recorded ({path}), skipped", file=sys.stdout)
+            self.bar.update(1)
+            self.release(path)
+            return
+        job = self.job_of(i)
+        state = path.with_suffix(".state.pt")
+        if state.is_file():  # an interrupted run (a sweep's or train's) continues from its last epoch
+            self.ray.get(self.coordinator.board.put_state.remote(job.key, state.read_bytes()))
+        self.pending.update({ref: i for ref in submit(self.ray, [job], self.coordinator.board, self.threads)})
+
+    def resend(self, board) -> None:
+        """To a restarted board: the last state of each run in flight (the one written beside its record)."""
+        for i in self.pending.values():
+            state = self.path(i).with_suffix(".state.pt")
+            if state.is_file():
+                board.put_state.remote(str(i), state.read_bytes())
+
+    def write_states(self, news: dict) -> None:
+        for key, (_, _, state) in news.items():
+            if state is not None and int(key) not in self.records:  # `train --resume` can continue it too
+                atomic_write_bytes(self.path(int(key)).with_suffix(".state.pt"), state)
+
+    def finish(self, ref) -> None:
+        i = self.pending.pop(ref)
+        r, path = self.runs[i], self.path(i)
+        try:
+            result = self.ray.get(ref)
+        except self.ray.exceptions.RayError as e:
+            result = {"error": f"{lost(self.ray, e, 'its worker')}, also when retried; the same command "
+                               "continues it from its last state"}
+        try:
+            if "error" in result:
+                self.fail(i, result["error"])
+                return
+            atomic_write_bytes(path.with_suffix(".pt"), result["checkpoint"])
+            write_json(path, result["record"])  # last: a record means its checkpoint is there
+            path.with_suffix(".state.pt").unlink(missing_ok=True)
+            self.records[i] = result["record"]
+            self.coordinator.forget(str(i))
+            rec = result["record"]
+            v = verdict(rec["epochs"], Budget(**rec["budget"]), rec["params"])
+            last = rec["epochs"][-1]
+            acc = f"test {last['test_acc']:.2f}%" if "test_acc" in last else f"val {last['val_acc']:.2f}%"
+            self.bar.write(f"{r.folder} seed {r.seed}: {len(rec['epochs'])} epochs, {acc}; {v['text']}",
+                           file=sys.stdout)
+            self.bar.update(1)
+        finally:
+            self.release(path)
+
+    def release(self, path: Path) -> None:
+        """A run's lock, and its folder if it holds nothing (a run that failed before its first epoch)."""
+        unlock_run(path)
+        with contextlib.suppress(OSError):
+            path.parent.rmdir()
+
+    def fail(self, i: int, error: str) -> None:
+        r = self.runs[i]
+        self.errors.append(f"{r.folder} seed {r.seed}: {error}")
+        self.bar.write(f"{r.folder} seed {r.seed}: failed: {error}", file=sys.stdout)
+        self.bar.update(1)
+
+    def stop(self) -> None:
+        """On Ctrl-C, SIGTERM or a lost board: the states the board holds written beside their records, and the
+        runs in flight told to stop (their workers remove their temporary folders), waited for a little."""
+        with contextlib.suppress(self.ray.exceptions.RayError):
+            self.write_states(self.coordinator.poll())
+        stop_tasks(self.ray, list(self.pending))
+        for i in self.pending.values():  # nothing writes into their folders any more
+            self.release(self.path(i))
+
+
+def stop_tasks(ray, refs: list) -> None:
+    """Cancels tasks and waits for them to end (bounded): an interrupted command leaves no work behind."""
+    for ref in refs:
+        ray.cancel(ref)  # force=False: a KeyboardInterrupt in the task, which cleans up as it unwinds
+    if refs:
+        ray.wait(refs, num_returns=len(refs), timeout=CANCEL_TIMEOUT)
 
 
 def sweep(runs: list[Run], out: Path, runtime: Runtime, budget_of: Callable[[Entry], Budget], *, workers: int,
@@ -338,54 +647,25 @@ def sweep(runs: list[Run], out: Path, runtime: Runtime, budget_of: Callable[[Ent
             records[i] = check_finished(path, r.entry.name, r.recipe, run_id)
             say(f"{r.folder} seed {r.seed}: already recorded ({path}), skipped")
         else:
-            lock_run(path)  # a second sweep into the same folder would write the same records
             todo.append(i)
     errors = []
     if todo:
+        def job_of(i: int) -> Job:
+            r = runs[i]
+            return make_job(r.entry, r.recipe, runtime, r.seed, threads, budget_of(r.entry), str(i), limit=limit,
+                            val=val, data_dir=data_dir, teachers_dir=teachers_dir)
+
         with ray_session(address, workers * threads) as ray:
-            board = _board_class(ray).remote()
-            jobs = []
-            for i in todo:
-                r = runs[i]
-                job = make_job(r.entry, r.recipe, runtime, r.seed, threads, budget_of(r.entry), str(i), limit=limit,
-                               val=val, data_dir=data_dir, teachers_dir=teachers_dir)
-                state = record_path(out, r.folder, r.seed).with_suffix(".state.pt")
-                if state.is_file():  # an interrupted run (a sweep's or train's) continues from its last epoch
-                    ray.get(board.put_state.remote(job.key, state.read_bytes()))
-                jobs.append(job)
-            pending = submit(ray, jobs, board, threads)
             bar = tqdm(total=len(runs), initial=len(runs) - len(todo), desc="sweep", unit="run", file=sys.stderr,
                        dynamic_ncols=True, disable=None)
-            while pending:
-                done, _ = ray.wait(list(pending), num_returns=1, timeout=0.25)
-                news = ray.get(board.poll.remote())
-                for key, (_, _, state) in news.items():
-                    r = runs[int(key)]
-                    if state is not None and int(key) not in records:  # `train --resume` can continue it too
-                        atomic_write_bytes(record_path(out, r.folder, r.seed).with_suffix(".state.pt"), state)
-                if watch is not None:
-                    watch(news)
-                for ref in done:
-                    job = pending.pop(ref)
-                    result = ray.get(ref)
-                    r = runs[int(job.key)]
-                    if "error" in result:
-                        errors.append(f"{r.folder} seed {r.seed}: {result['error']}")
-                        bar.write(f"{r.folder} seed {r.seed}: failed: {result['error']}", file=sys.stdout)
-                    else:
-                        path = record_path(out, r.folder, r.seed)
-                        atomic_write_bytes(path.with_suffix(".pt"), result["checkpoint"])
-                        write_json(path, result["record"])  # last: a record means its checkpoint is there
-                        path.with_suffix(".state.pt").unlink(missing_ok=True)
-                        records[int(job.key)] = result["record"]
-                        v = verdict(result["record"]["epochs"], Budget(**result["record"]["budget"]),
-                                    result["record"]["params"])
-                        last = result["record"]["epochs"][-1]
-                        acc = f"test {last['test_acc']:.2f}%" if "test_acc" in last else f"val {last['val_acc']:.2f}%"
-                        bar.write(f"{r.folder} seed {r.seed}: {len(result['record']['epochs'])} epochs, {acc}; "
-                                  f"{v['text']}", file=sys.stdout)
-                    bar.update(1)
-            bar.close()
+            try:
+                # runs at a time: as many as the CPUs hold, on a cluster too (a local instance has workers x threads)
+                slots = max(workers, int(ray.cluster_resources().get("CPU", 0)) // threads)
+                driver = _Sweep(ray, runs, out, job_of, slots, threads, records, run_id, watch, bar)
+                driver.run(todo)
+                errors = driver.errors
+            finally:
+                bar.close()
     if errors:
         more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
         raise ScaleError(f"{len(errors)} of {len(runs)} runs failed: {errors[0]}{more}")
