@@ -30,6 +30,17 @@ def pytest_collection_modifyitems(items):
             item.add_marker(pytest.mark.slow)
 
 
+@pytest.fixture(scope="module", autouse=True)
+def own_signal_handlers():
+    """Each test module starts with the process's signal handlers as they were: one that starts Ray in this
+    process (test_scale, test_sweep26) leaves Ray's SIGTERM handler behind, which later in-process tests of
+    `cli.main` would read as their own."""
+    saved = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+    yield
+    for sig, handler in saved.items():
+        signal.signal(sig, handler)
+
+
 @pytest.fixture(scope="session")
 def mnist_dir() -> Path:
     """The real MNIST folder: $TINYMNIST_DATA, else ../shared/data/mnist. Required on CI."""
