@@ -203,3 +203,17 @@ def handles_sigterm(pid: int) -> bool:
 def maps(name: str):
     """A sign: the process has mapped a shared library whose path holds `name` (it is importing it)."""
     return lambda pid: name in Path(f"/proc/{pid}/maps").read_text()
+
+
+@contextlib.contextmanager
+def tmpfs(folder: Path, size: str):
+    """A tmpfs of `size` mounted on `folder` (a small disk to fill), unmounted after; skips where mount is refused."""
+    folder.mkdir()
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(folder)], capture_output=True,
+                             check=False)
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here ({mounted.stderr.decode().strip() or 'not permitted'})")
+    try:
+        yield folder
+    finally:
+        subprocess.run(["umount", str(folder)], check=True)

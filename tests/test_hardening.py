@@ -22,7 +22,7 @@ import pytest
 import torch
 from PIL import Image
 
-from conftest import ROOT, cli, fails, maps, one_line, run_cli, wait_for_proc, write_fake_mnist
+from conftest import ROOT, cli, fails, maps, one_line, run_cli, tmpfs, wait_for_proc, write_fake_mnist
 from tinymnist.cli import seed_list, write_json
 from tinymnist.data import DataError, load_mnist, parse_idx
 from tinymnist.engine import make_ema, make_optimizer, training_state
@@ -372,16 +372,8 @@ def test_huge_image_through_the_cli(tmp_path):
 
 @pytest.fixture
 def tiny_disk(tmp_path):
-    folder = tmp_path / "tiny"
-    folder.mkdir()
-    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(folder)], capture_output=True,
-                             check=False)
-    if mounted.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here ({mounted.stderr.decode().strip() or 'not permitted'})")
-    try:
+    with tmpfs(tmp_path / "tiny", "64k") as folder:
         yield folder
-    finally:
-        subprocess.run(["umount", str(folder)], check=True)
 
 
 def test_full_disk_is_one_line_and_loses_nothing(tiny_disk, mnist_dir):

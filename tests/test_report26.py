@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import ROOT, cli, fails, one_line
+from conftest import ROOT, cli, fails, one_line, tmpfs
 from tinymnist.judge import Budget, VerdictError, held_last, verdict
 from tinymnist.model import ROLES
 from tinymnist.records import MAX_RECORD_BYTES, CheckpointError, load_record
@@ -322,16 +322,8 @@ def test_a_figure_whose_place_is_a_pipe_is_refused_at_once(runs, tmp_path):
 
 @pytest.fixture
 def tiny_disk(tmp_path):
-    folder = tmp_path / "tiny"
-    folder.mkdir()
-    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(folder)], capture_output=True,
-                             check=False)
-    if mounted.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here ({mounted.stderr.decode().strip() or 'not permitted'})")
-    try:
+    with tmpfs(tmp_path / "tiny", "4m") as folder:
         yield folder
-    finally:
-        subprocess.run(["umount", str(folder)], check=True)
 
 
 def test_a_full_disk_keeps_the_report_already_there(runs, tiny_disk):

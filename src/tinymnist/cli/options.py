@@ -36,34 +36,27 @@ MAX_FLOAT = float(torch.finfo(torch.float32).max)  # the training tensors are fl
 # --- argument types ----------------------------------------------------------------------------------
 
 
-def positive_int(text: str) -> int:
+def _whole_number(text: str, low: int, high: int, expected: str) -> int:
+    """`text` as a whole number from `low` to `high`, else the one-line error "expected ..., got TEXT"."""
     try:
         value = int(text)
     except ValueError:
-        value = 0
-    if not 0 < value <= MAX_INT:
-        raise argparse.ArgumentTypeError(f"expected a positive whole number up to {MAX_INT}, got {text!r}")
+        value = None
+    if value is None or not low <= value <= high:
+        raise argparse.ArgumentTypeError(f"expected {expected}, got {text!r}")
     return value
+
+
+def positive_int(text: str) -> int:
+    return _whole_number(text, 1, MAX_INT, f"a positive whole number up to {MAX_INT}")
 
 
 def port(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        value = -1
-    if not 0 <= value <= 65535:
-        raise argparse.ArgumentTypeError(f"expected a port from 0 to 65535 (0: any free one), got {text!r}")
-    return value
+    return _whole_number(text, 0, 65535, "a port from 0 to 65535 (0: any free one)")
 
 
 def seed_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        value = -1
-    if not 0 <= value <= MAX_SEED:
-        raise argparse.ArgumentTypeError(f"expected a seed from 0 to {MAX_SEED}, got {text!r}")
-    return value
+    return _whole_number(text, 0, MAX_SEED, f"a seed from 0 to {MAX_SEED}")
 
 
 def seed_list(text: str) -> list[int]:
